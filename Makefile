@@ -1,0 +1,70 @@
+# Credit-risk model serving: train (ml/), serve (app/), ship (Dockerfile, k8s/).
+# `make` alone lists the targets.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8080
+ENV ?= prod
+IMAGE ?= credit-risk-api
+TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+DEB_PACKAGES := chromium chromium-driver postgresql prometheus wrk
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-dev system-deps train api run test lint bench docker-build deploy clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: $(VENV)/bin/python requirements.txt setup.cfg
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+install: $(VENV)/.runtime ## Create .venv and install the pinned runtime dependencies
+install-dev: $(VENV)/.dev ## Also install the pinned test and lint tools
+
+system-deps: ## Install the Debian packages the tests need (chromium, postgresql, prometheus, wrk)
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; fi; \
+	fi
+
+train: install ## Train, evaluate and publish a model artifact under models/
+	$(PY) -m ml train
+
+api: install ## Serve the latest artifact with gunicorn on :$(PORT)
+	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
+
+run: install ## Train the default model if none exists, then serve on :$(PORT) (Swagger at /apidocs)
+	@test -f models/LATEST || $(PY) -m ml train
+	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
+
+test: system-deps install-dev ## Install everything and run the whole test suite with coverage
+	$(PY) -m pytest --cov --cov-report=term --cov-report=xml
+
+lint: install-dev ## flake8 on the Python code
+	$(VENV)/bin/flake8 ml app tests benchmarks
+
+bench: install-dev ## Run the benchmarks and print their figures
+	$(PY) benchmarks/run_all.py
+
+docker-build: ## Build the trainer and api images (needs a Docker engine)
+	docker build --target trainer -t $(IMAGE)-trainer:$(TAG) .
+	docker build --target api -t $(IMAGE):$(TAG) .
+
+deploy: ## Roll out to OpenShift: oc apply -k k8s/overlays/$(ENV)
+	oc apply -k k8s/overlays/$(ENV)
+
+clean: ## Remove the virtualenv, built models and reports
+	rm -rf $(VENV) models reports .coverage* coverage.xml

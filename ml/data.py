@@ -1,0 +1,162 @@
+"""Data stage: read a credit CSV, validate it against its spec, split it.
+
+The validated frame holds category *codes* (never the raw CSV spellings), floats for
+numeric columns with NaN where a value is missing, and the target as 0/1 (1 = the
+spec's positive class, i.e. default).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from ml.schema import CATEGORICAL, DatasetSpec, Feature
+
+MISSING_TOKENS = ("", "na", "n/a", "nan", "null", "?")
+
+
+class DataError(ValueError):
+    """The data does not meet its spec; ``problems`` names each column and what is wrong."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("data does not meet its spec:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass
+class Dataset:
+    """A validated frame: features (model + protected columns, by spec name) and target."""
+
+    X: pd.DataFrame
+    y: np.ndarray
+    spec: DatasetSpec
+    sha256: str = ""
+    path: str = ""
+
+
+@dataclass
+class Split:
+    """Stratified train / validation / test parts of one data set."""
+
+    X_train: pd.DataFrame
+    y_train: np.ndarray
+    X_val: pd.DataFrame
+    y_val: np.ndarray
+    X_test: pd.DataFrame
+    y_test: np.ndarray
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_raw(path: str | Path) -> pd.DataFrame:
+    """Read a CSV with every column as text, so validation sees what the file says."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+
+
+def load_dataset(path: str | Path, spec: DatasetSpec) -> Dataset:
+    """Read and validate a CSV against ``spec``; raises :class:`DataError` listing every problem."""
+    raw = read_raw(path)
+    X, y = validate_frame(raw, spec)
+    return Dataset(X=X, y=y, spec=spec, sha256=file_sha256(path), path=str(path))
+
+
+def validate_frame(raw: pd.DataFrame, spec: DatasetSpec,
+                   require_target: bool = True) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Turn a text frame into the validated frame, or raise :class:`DataError`."""
+    problems: list[str] = []
+    columns: dict[str, pd.Series] = {}
+    for f in (*spec.features, *spec.protected):
+        if f.source_column not in raw.columns:
+            problems.append(f"column {f.source_column!r}: missing from the file")
+            continue
+        series, problem = convert_column(raw[f.source_column], f)
+        if problem:
+            problems.append(f"column {f.source_column!r}: {problem}")
+        columns[f.name] = series
+    y = None
+    if require_target:
+        y, target_problems = _convert_target(raw, spec)
+        problems += target_problems
+    if problems:
+        raise DataError(problems)
+    return pd.DataFrame(columns, index=raw.index), y
+
+
+def convert_column(text: pd.Series, feature: Feature) -> tuple[pd.Series, str | None]:
+    """Convert one text column to codes or floats; also say what is wrong with it, if anything.
+
+    Returns the converted column (invalid cells as missing) and a problem description or
+    ``None``. The description counts offending rows and shows at most a few distinct
+    offending values (this is the data owner's own file, not a client request).
+    """
+    stripped = text.astype(str).str.strip()
+    missing = stripped.str.lower().isin(MISSING_TOKENS)
+    problems = []
+    if feature.kind == CATEGORICAL:
+        lookup = {c.value: c.code for c in feature.categories}
+        lookup.update({c.code: c.code for c in feature.categories})
+        converted = stripped.map(lookup)
+        bad = converted.isna() & ~missing
+        if bad.any():
+            shown = sorted(stripped[bad].unique())[:5]
+            problems.append(f"{int(bad.sum())} rows have unknown categories {shown}")
+        out = converted.astype(object).where(~(missing | bad), np.nan)
+    else:
+        numbers = pd.to_numeric(stripped.where(~missing), errors="coerce").astype(float)
+        bad = numbers.isna() & ~missing
+        if bad.any():
+            shown = sorted(stripped[bad].unique())[:5]
+            problems.append(f"{int(bad.sum())} rows are not numeric {shown}")
+        low = feature.minimum if feature.minimum is not None else -np.inf
+        high = feature.maximum if feature.maximum is not None else np.inf
+        outside = (numbers < low) | (numbers > high)
+        if outside.any():
+            problems.append(f"{int(outside.sum())} rows lie outside [{low}, {high}]")
+        out = numbers
+    if missing.any() and not feature.nullable:
+        problems.append(f"{int(missing.sum())} rows are missing a value and the spec does not "
+                        "allow missing values (set nullable: true)")
+    return out, "; ".join(problems) or None
+
+
+def _convert_target(raw: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray | None, list[str]]:
+    col = spec.target.column
+    if col not in raw.columns:
+        return None, [f"target column {col!r}: missing from the file"]
+    values = raw[col].astype(str).str.strip()
+    classes = sorted(values.unique())
+    if len(classes) != 2:
+        return None, [f"target column {col!r}: must have exactly two classes, found {len(classes)}"
+                      f" {classes[:10]}"]
+    if spec.target.positive not in classes:
+        return None, [f"target column {col!r}: positive class {spec.target.positive!r} not found "
+                      f"among {classes}"]
+    y = (values == spec.target.positive).to_numpy(dtype=np.int64)
+    problems = []
+    for label, count in ((spec.target.positive, int(y.sum())),
+                         ("the other class", int(len(y) - y.sum()))):
+        if count < spec.min_class_rows:
+            problems.append(f"target column {col!r}: {label} has only {count} rows "
+                            f"(at least {spec.min_class_rows} needed)")
+    return y, problems
+
+
+def split(data: Dataset, seed: int, val_size: float = 0.2, test_size: float = 0.2) -> Split:
+    """Stratified train / validation / test split with a fixed seed (60/20/20 by default)."""
+    X_rest, X_test, y_rest, y_test = train_test_split(
+        data.X, data.y, test_size=test_size, stratify=data.y, random_state=seed)
+    X_train, X_val, y_train, y_val = train_test_split(
+        X_rest, y_rest, test_size=val_size / (1 - test_size), stratify=y_rest,
+        random_state=seed)
+    return Split(X_train, y_train, X_val, y_val, X_test, y_test)
