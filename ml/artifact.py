@@ -1,0 +1,168 @@
+"""Artifact stage: the fitted model sealed with its model card, and the loader that checks it.
+
+Layout::
+
+    models/
+      LATEST                      # the version name of the newest artifact (a stable pointer)
+      <version>/
+        model.joblib              # the fitted sklearn estimator, pickled whole
+        model_card.json           # everything about it, including the pickle's SHA-256
+        plots/*.png
+
+The loader refuses to unpickle a file whose SHA-256 differs from the card's, or that was
+built with other versions of the libraries whose pickles are not portable.
+This module is runtime code: ``app`` may import it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from ml.schema import DatasetSpec
+
+MODEL_FILE = "model.joblib"
+CARD_FILE = "model_card.json"
+LATEST = "LATEST"
+# Pickles of these are tied to the exact version that wrote them.
+PINNED_LIBRARIES = ("scikit-learn", "numpy", "joblib")
+RECORDED_LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib")
+
+
+class ArtifactError(RuntimeError):
+    """The artifact is missing, tampered with, or built with incompatible libraries."""
+
+
+@dataclass
+class Artifact:
+    """A loaded, verified model with its card and spec."""
+
+    model: Any
+    card: dict[str, Any]
+    spec: DatasetSpec
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """Model name (the data set's name)."""
+        return self.card["name"]
+
+    @property
+    def version(self) -> str:
+        """Artifact version, unique per training run."""
+        return self.card["version"]
+
+    @property
+    def threshold(self) -> float:
+        """Cost-optimal decision threshold on P(default)."""
+        return float(self.card["threshold"])
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of Python and the libraries recorded in a model card."""
+    versions = {"python": platform.python_version()}
+    for lib in RECORDED_LIBRARIES:
+        versions[lib] = metadata.version(lib)
+    return versions
+
+
+def sha256_of(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve(path: str | Path) -> Path:
+    """The artifact directory for ``path``: itself, or the version its ``LATEST`` names."""
+    path = Path(path)
+    if (path / CARD_FILE).is_file():
+        return path
+    pointer = path / LATEST
+    if pointer.is_file():
+        version = pointer.read_text(encoding="utf-8").strip()
+        if version and "/" not in version and (path / version / CARD_FILE).is_file():
+            return path / version
+        raise ArtifactError(f"{pointer} names {version!r}, which is not an artifact in {path}")
+    raise ArtifactError(f"no model artifact at {path}: train one with `python -m ml train`")
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The model card of the artifact at ``path`` (no unpickling)."""
+    card_path = resolve(path) / CARD_FILE
+    try:
+        return json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read model card {card_path}: {exc}") from exc
+
+
+def load_artifact(path: str | Path, check_versions: bool = True) -> Artifact:
+    """Load and verify an artifact; raises :class:`ArtifactError` with the reason.
+
+    Checks, before unpickling: the card is readable, the pickle's SHA-256 matches the
+    card, and (unless ``check_versions`` is false) scikit-learn, numpy and joblib are
+    the versions the model was built with.
+    """
+    directory = resolve(path)
+    card = read_card(directory)
+    model_path = directory / card.get("artifact", {}).get("file", MODEL_FILE)
+    if not model_path.is_file():
+        raise ArtifactError(f"model file {model_path} is missing")
+    expected = card.get("artifact", {}).get("sha256")
+    actual = sha256_of(model_path)
+    if expected != actual:
+        raise ArtifactError(f"refusing to load {model_path}: its SHA-256 {actual[:12]}… does not "
+                            f"match the model card's {str(expected)[:12]}… (tampered or corrupted)")
+    if check_versions:
+        installed = library_versions()
+        built = card.get("libraries", {})
+        wrong = [f"{lib} {built.get(lib)} (installed {installed[lib]})"
+                 for lib in PINNED_LIBRARIES if built.get(lib) != installed[lib]]
+        if wrong:
+            raise ArtifactError("refusing to load a model built with other library versions: "
+                                + ", ".join(wrong) + "; retrain or install the pinned versions")
+    model = joblib.load(model_path)
+    return Artifact(model=model, card=card, spec=DatasetSpec.from_dict(card["spec"]),
+                    path=directory)
+
+
+def save_artifact(model: Any, card: dict[str, Any], root: str | Path,
+                  update_latest: bool = True) -> Path:
+    """Write ``model`` and ``card`` to ``root/<card['version']>/`` and move ``LATEST`` to it.
+
+    The card is completed with the pickle's file name and SHA-256. The pointer is
+    replaced atomically so a server reading it never sees half a name.
+    """
+    root = Path(root)
+    directory = root / card["version"]
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / MODEL_FILE
+    joblib.dump(model, model_path)
+    card = {**card, "artifact": {"file": MODEL_FILE, "sha256": sha256_of(model_path)}}
+    (directory / CARD_FILE).write_text(json.dumps(card, indent=2, default=_jsonable),
+                                       encoding="utf-8")
+    if update_latest:
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=".latest-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(card["version"] + "\n")
+        os.replace(tmp, root / LATEST)
+    return directory
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON fallback for numpy scalars and arrays inside the card."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

@@ -1,0 +1,83 @@
+"""Features stage: one sklearn ``Pipeline`` per candidate model, built from the spec.
+
+All preprocessing lives inside the pipeline (impute → scale for numbers, impute →
+one-hot for categories), so the pickled object is the whole model: no train/serve skew.
+Only stock sklearn classes are used, so unpickling never needs this package's
+training code. Protected columns are never selected (``remainder="drop"``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from ml.schema import DatasetSpec
+
+MISSING_CATEGORY = "__missing__"
+
+FAMILIES = ("logistic_regression", "random_forest", "hist_gradient_boosting")
+
+# Small grids on purpose: the whole training run must stay under a minute on 2 cores.
+PARAM_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "logistic_regression": {
+        "model__C": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+        "model__class_weight": [None, "balanced"],
+    },
+    "random_forest": {
+        "model__max_features": ["sqrt", 0.3],
+        "model__min_samples_leaf": [1, 3, 5],
+        "model__max_depth": [None, 8],
+    },
+    "hist_gradient_boosting": {
+        "model__learning_rate": [0.03, 0.1],
+        "model__max_leaf_nodes": [7, 15],
+        "model__l2_regularization": [0.0, 1.0],
+    },
+}
+
+
+def build_preprocessor(spec: DatasetSpec) -> ColumnTransformer:
+    """Column transformer for the spec's model features (protected columns dropped)."""
+    numeric = Pipeline([
+        ("impute", SimpleImputer(strategy="median")),
+        ("scale", StandardScaler()),
+    ])
+    categorical = Pipeline([
+        ("impute", SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY)),
+        # Categories come from the spec, so every allowed code has a column even when
+        # the training split never saw it; anything else is ignored at predict time.
+        ("onehot", OneHotEncoder(
+            categories=[[*f.codes, MISSING_CATEGORY] for f in spec.categorical],
+            handle_unknown="ignore", sparse_output=False)),
+    ])
+    return ColumnTransformer(
+        [("num", numeric, [f.name for f in spec.numeric]),
+         ("cat", categorical, [f.name for f in spec.categorical])],
+        remainder="drop",
+    )
+
+
+def build_estimator(family: str, seed: int) -> Any:
+    """An unfitted estimator of one model family with sensible defaults."""
+    if family == "logistic_regression":
+        return LogisticRegression(max_iter=2000)
+    if family == "random_forest":
+        return RandomForestClassifier(n_estimators=300, n_jobs=1, random_state=seed)
+    if family == "hist_gradient_boosting":
+        return HistGradientBoostingClassifier(max_iter=200, early_stopping=False,
+                                              random_state=seed)
+    raise ValueError(f"unknown model family {family!r}; choose from {FAMILIES}")
+
+
+def build_pipeline(spec: DatasetSpec, family: str, seed: int,
+                   params: dict[str, Any] | None = None) -> Pipeline:
+    """The full model: preprocessing then the estimator, with ``step__param`` overrides."""
+    pipe = Pipeline([("prep", build_preprocessor(spec)), ("model", build_estimator(family, seed))])
+    if params:
+        pipe.set_params(**params)
+    return pipe
