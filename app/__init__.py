@@ -1,0 +1,37 @@
+"""Credit-risk model serving: the Flask app factory.
+
+``gunicorn -c gunicorn.conf.py 'app:create_app()'`` builds one app (in the master,
+with ``preload_app``, so the workers share the loaded model). Each module owns one
+concern and registers it with ``init_app``; to add one (a web form, a prediction
+store), add one line below.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask
+
+from app import api, errors, logs, metrics, model, swagger
+from app.config import load_config
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: settings, JSON logs, the model, routes, metrics and API docs.
+
+    Args:
+        test_config: settings that override the defaults and the environment (tests).
+    """
+    settings = load_config(test_config)
+    logs.configure_logging(settings["LOG_LEVEL"])  # before the app, so every record is JSON
+
+    app = Flask(__name__)
+    app.config.update(settings)
+    app.json.sort_keys = False
+
+    logs.init_app(app)  # first: its after_request runs last and logs the final status
+    errors.init_app(app)
+    model.init_app(app)
+    metrics.init_app(app)
+    app.register_blueprint(api.bp)
+    swagger.init_app(app)
+    return app

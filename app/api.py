@@ -1,0 +1,63 @@
+"""The JSON API: liveness, readiness, the model card and predictions.
+
+Views are thin: they fetch the predictor, hand the request to :mod:`app.services` and
+return what it shapes. Errors are raised as :class:`app.errors.APIError` and answered
+by :mod:`app.errors` in the one error shape.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, g, request
+
+from app import services
+from app.errors import APIError, error_response
+from app.model import get_predictor, get_state
+
+bp = Blueprint("api", __name__)
+
+JSON = "application/json"
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(services.to_json(body), status=status, mimetype=JSON)
+
+
+@bp.get("/health_check")
+def health_check() -> Response:
+    """Liveness: the process answers HTTP. Cheap, and green even without a model."""
+    return _json({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> Response:
+    """Readiness: 200 once the model is loaded and self-tested, else 503 and why."""
+    state = get_state()
+    if not state.ready:
+        return error_response(503, f"The model is not ready: {state.error}")
+    return _json({"status": "ready", "model": {"name": state.predictor.name,
+                                               "version": state.predictor.version}})
+
+
+@bp.get("/model")
+def model_card() -> Response:
+    """The served model's card: metrics, threshold, grades, features, versions, date."""
+    return _json(get_predictor().card)
+
+
+@bp.post("/predict")
+def predict() -> Response:
+    """Score one applicant object, or ``{"instances": [...]}``; ``?reasons=false`` skips
+    the reason codes."""
+    predictor = get_predictor()
+    if not request.is_json:
+        raise APIError(415, "Send the request body as application/json.")
+    config = current_app.config
+    reasons = services.parse_reasons(request.args)
+    payload = services.decode_json(request.get_data(cache=False))
+    records, batch = services.read_instances(payload, predictor.spec, config["MAX_BATCH"])
+    results = services.predict(predictor, records, reasons, config["MAX_REASONS"])
+    services.record_prediction(current_app._get_current_object(), g.request_id, predictor,
+                               records, results, batch, config["LOG_FEATURES"])
+    response = _json(services.response_body(predictor, results, batch, g.request_id))
+    # Credit decisions are personal data: no shared cache may keep them.
+    response.headers["Cache-Control"] = "no-store"
+    return response

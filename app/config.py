@@ -1,0 +1,84 @@
+"""Configuration, layered: code defaults, then environment variables, then a test dict.
+
+Environment variables are how OpenShift configures a pod, so every setting here can be
+set by one, with the same name. Values from the environment are strings and are
+converted (and checked) here, so a typo fails the start-up with a clear message rather
+than a confusing error on the first request.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+from ml.config import models_dir
+
+MIB = 1024 * 1024
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case) as a bool."""
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {text!r}")
+    return level
+
+
+# name -> (default, converter from the environment's string, what it is for)
+SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
+    "MODEL_DIR": (None, str, "Model artifact directory, or a models dir with a LATEST "
+                             "pointer (default: ml.config.models_dir(), i.e. ./models)"),
+    "PORT": (8080, _positive_int, "Port gunicorn binds to (gunicorn.conf.py)"),
+    "LOG_LEVEL": ("INFO", _log_level, "Level of the JSON logs on stdout"),
+    "MAX_BATCH": (1000, _positive_int, "Most applicants in one POST /predict batch"),
+    "MAX_CONTENT_LENGTH": (2 * MIB, _positive_int, "Largest request body in bytes (else 413)"),
+    "LOG_FEATURES": (False, parse_bool, "Also log the applicants' feature values "
+                                        "(personal data: off by default)"),
+    "MAX_REASONS": (4, _positive_int, "Most reason codes returned per applicant"),
+}
+
+
+def load_config(test_config: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The effective settings: defaults, overridden by ``environ``, overridden by ``test_config``.
+
+    Args:
+        test_config: explicit values (tests); keys need not be in :data:`SETTINGS`.
+        environ: the environment to read (default ``os.environ``).
+
+    Raises:
+        ValueError: an environment variable holds a value that cannot be converted.
+    """
+    environ = os.environ if environ is None else environ
+    config: dict[str, Any] = {}
+    for name, (default, convert, _) in SETTINGS.items():
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            config[name] = default
+            continue
+        try:
+            config[name] = convert(raw)
+        except ValueError as exc:
+            raise ValueError(f"environment variable {name}: {exc}") from None
+    if config["MODEL_DIR"] is None:
+        config["MODEL_DIR"] = str(models_dir())
+    config.update(test_config or {})
+    return config

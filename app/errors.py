@@ -1,0 +1,72 @@
+"""Every error is JSON of one shape: ``{"error", "message", "details": [{"field", "problem"}]}``.
+
+One handler for werkzeug's ``HTTPException`` (404, 405, 413, ...), one for the API's
+own :class:`APIError`, and a last one so that even a bug answers in the same shape,
+without a stack trace. No message ever repeats what the client sent: requests carry
+personal data.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Iterable
+
+from flask import Flask, Response, g
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.http import HTTP_STATUS_CODES
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """A request the API refuses: an HTTP status, a sentence, and the problems by field."""
+
+    def __init__(self, status: int, message: str,
+                 details: Iterable[dict[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = list(details)
+
+
+def error_body(status: int, message: str,
+               details: Iterable[dict[str, str]] = ()) -> dict:
+    """The error document for ``status``: its reason phrase, a sentence, the problems."""
+    return {"error": HTTP_STATUS_CODES.get(status, "Unknown Error"),
+            "message": message, "details": list(details)}
+
+
+def error_response(status: int, message: str,
+                   details: Iterable[dict[str, str]] = ()) -> Response:
+    """A JSON error response in the API's one shape."""
+    return Response(json.dumps(error_body(status, message, details)), status=status,
+                    mimetype="application/json")
+
+
+def handle_api_error(exc: APIError) -> Response:
+    """Answer an :class:`APIError` as it asks; its problems (never values) go to the log."""
+    if exc.details and "log_fields" in g:
+        g.log_fields["problems"] = exc.details[:20]
+    return error_response(exc.status, exc.message, exc.details)
+
+
+def handle_http_exception(exc: HTTPException) -> Response:
+    """Answer werkzeug's HTTP errors (404, 405, 413, ...) as JSON instead of HTML."""
+    status = exc.code or 500
+    response = error_response(status, exc.description or HTTP_STATUS_CODES.get(status, ""))
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def handle_unexpected(exc: Exception) -> Response:
+    """A bug: log it with its traceback, answer a plain 500 without one."""
+    log.exception("unhandled error")
+    return error_response(500, "The server could not process the request.")
+
+
+def init_app(app: Flask) -> None:
+    """Register the three handlers."""
+    app.register_error_handler(APIError, handle_api_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

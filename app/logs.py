@@ -1,0 +1,162 @@
+"""JSON logs on stdout, and the one log line written for every request.
+
+OpenShift collects stdout, so every log record, ours and gunicorn's, is one JSON object
+on one line. Logging is configured before the Flask app exists (Flask's logging docs),
+so records written while the model loads are already JSON.
+
+Each request gets an id (the caller's ``X-Request-ID`` when it is a sane token, else a
+fresh one), echoed as a response header, and one ``request`` line with its endpoint,
+status and latency. Views add fields to that line with :func:`annotate` (for
+predictions: the PD and decision); feature values only when ``LOG_FEATURES`` is on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import re
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Letters, digits and a few separators, at most 128 characters: a UUID, a trace id or a
+# ULID fits; anything else (spaces, quotes, control characters, huge values) is replaced
+# so it can never forge a log line or carry data.
+_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_RESERVED = frozenset(vars(logging.makeLogRecord({})))
+
+_COMMON = "request_log_fields"
+
+log = logging.getLogger("app.request")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message and any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Serialise ``record``; fields passed as ``extra=`` become top-level keys."""
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and key not in entry and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+class StdoutHandler(logging.StreamHandler):
+    """A stream handler bound to whatever ``sys.stdout`` is at emit time.
+
+    Binding late keeps test runners' output capture working when many apps are built.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):  # noqa: D401 - property
+        """The current ``sys.stdout``."""
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """A ``dictConfig`` sending every logger through one JSON handler on stdout.
+
+    Also used by ``gunicorn.conf.py`` (``logconfig_dict``) so gunicorn's own records
+    are JSON too.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"stdout": {"()": StdoutHandler, "formatter": "json"}},
+        "root": {"level": level, "handlers": ["stdout"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+        },
+    }
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Route all logging to stdout as JSON at ``level``; safe to call more than once."""
+    logging.config.dictConfig(logging_config(level))
+
+
+def sane_request_id(value: str | None) -> str:
+    """``value`` when it is a short token of safe characters, else a new random id."""
+    if value and _SANE_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def endpoint_label() -> str:
+    """The matched route (e.g. ``/predict``), never the raw path: bounded and data-free."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else "<unmatched>"
+
+
+def annotate(**fields: Any) -> None:
+    """Add fields to this request's log line (e.g. ``decision="approve"``)."""
+    g.log_fields.update(fields)
+
+
+def request_latency() -> float:
+    """Seconds since this request started."""
+    return time.perf_counter() - g.request_started
+
+
+def set_common_fields(app: Flask, **fields: Any) -> None:
+    """Fields written on every request line of ``app`` (e.g. ``model_version``)."""
+    app.extensions.setdefault(_COMMON, {}).update(fields)
+
+
+def _start_request() -> None:
+    g.request_started = time.perf_counter()
+    g.request_id = sane_request_id(request.headers.get(REQUEST_ID_HEADER))
+    g.log_fields = dict(current_app.extensions.get(_COMMON, ()))
+
+
+def _finish_request(response: Response) -> Response:
+    if "request_started" not in g:  # pragma: no cover - only if another hook failed first
+        _start_request()
+    elapsed_ms = request_latency() * 1000.0
+    response.headers[REQUEST_ID_HEADER] = g.request_id
+    # Lets a client (and the benchmark) see the server's own time for the request.
+    response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.3f}"
+    level = logging.ERROR if response.status_code >= 500 else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(level, "request", extra={
+            "request_id": g.request_id,
+            "method": request.method,
+            "endpoint": endpoint_label(),
+            "status": response.status_code,
+            "latency_ms": round(elapsed_ms, 3),
+            **g.log_fields,
+        })
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Give each request an id and a start time, and log one JSON line when it ends.
+
+    Register this before the other per-request hooks: Flask runs ``after_request``
+    functions in reverse order, so this line is written last, with the final status.
+    """
+    app.before_request(_start_request)
+    app.after_request(_finish_request)

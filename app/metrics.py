@@ -1,0 +1,81 @@
+"""Prometheus metrics: requests, latency, decisions, PDs, and which model is served.
+
+Under gunicorn each worker is its own process, so the metrics use prometheus_client's
+multiprocess mode: ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before
+anything imports prometheus_client, every process writes its samples there, and a
+scrape of any worker sums them all. Without that variable (tests, ``flask run``) the
+default in-process registry is used.
+
+The metric objects are module-level on purpose: prometheus_client registers each name
+once per process, however many apps a test session builds.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask, Response, request
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter,
+                               Gauge, Histogram, generate_latest, multiprocess)
+
+from app import logs
+from app.model import EXTENSION
+
+REQUESTS = Counter("credit_api_requests", "HTTP requests by route, method and status.",
+                   ["endpoint", "method", "status"])
+LATENCY = Histogram("credit_api_request_duration_seconds",
+                    "Time to answer a request, by route, in seconds.", ["endpoint"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                             2.5, 5.0))
+DECISIONS = Counter("credit_api_decisions", "Credit decisions made, by decision.",
+                    ["decision"])
+PD = Histogram("credit_api_probability_of_default", "Predicted probabilities of default.",
+               buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+MODEL_INFO = Gauge("credit_api_model_info", "The model being served (value 1).",
+                   ["name", "version"], multiprocess_mode="livemax")
+MODEL_READY = Gauge("credit_api_model_ready",
+                    "1 when the model loaded and passed its self-test, else 0.",
+                    multiprocess_mode="livemax")
+
+
+def multiprocess_mode() -> bool:
+    """Whether samples are shared through ``PROMETHEUS_MULTIPROC_DIR`` (gunicorn)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def observe_predictions(results: list[dict[str, Any]]) -> None:
+    """Count the decisions and record the PDs of one request's results."""
+    for result in results:
+        DECISIONS.labels(result["decision"]).inc()
+        PD.observe(result["probability_of_default"])
+
+
+def exposition() -> Response:
+    """The metrics page, summed over all gunicorn workers when there are several."""
+    if multiprocess_mode():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return Response(generate_latest(registry), mimetype=None,
+                    headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _observe_request(response: Response) -> Response:
+    endpoint = logs.endpoint_label()
+    REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    LATENCY.labels(endpoint).observe(logs.request_latency())
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Publish which model is served, count every request, and serve ``GET /metrics``.
+
+    Call after :func:`app.model.init_app`.
+    """
+    predictor = app.extensions[EXTENSION].predictor
+    MODEL_READY.set(1 if predictor else 0)
+    if predictor:
+        MODEL_INFO.labels(predictor.name, predictor.version).set(1)
+    app.after_request(_observe_request)
+    app.add_url_rule("/metrics", "metrics", exposition, methods=["GET"])

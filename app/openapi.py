@@ -1,0 +1,274 @@
+"""The OpenAPI 3 document, generated from the served artifact: one source of truth.
+
+Every applicant field (type, enum, bounds, description) comes from the model's
+:class:`ml.schema.DatasetSpec`, the examples from its card, the grade bands and the
+threshold from the card too. Nothing here is written by hand per field, so the docs
+cannot drift from what ``ml.schema.validate_record`` accepts. No view holds YAML.
+"""
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from ml.schema import CATEGORICAL, DatasetSpec, Feature, example_record
+
+REF = "#/components/schemas/"
+ERROR_STATUSES = {
+    400: "The request is invalid: malformed JSON (NaN and Infinity included), not an "
+         "object, or applicants with missing, unknown, mistyped or out-of-range fields. "
+         "`details` lists every problem at once; values are never echoed back.",
+    404: "No such route.",
+    405: "The route exists but not for this method; the `Allow` header lists the methods.",
+    413: "The request body is larger than `MAX_CONTENT_LENGTH` bytes.",
+    415: "The request body is not `application/json`.",
+    503: "The model is not loaded or failed its self-test; `message` says why "
+         "(GET /ready too).",
+}
+EXAMPLE_ERROR = {
+    "error": "Bad Request",
+    "message": "The request has 2 problems.",
+    "details": [{"field": "age_in_years", "problem": "must be at least 18"},
+                {"field": "favourite_colour", "problem": "is not a known feature"}],
+}
+
+
+def feature_schema(feature: Feature) -> dict[str, Any]:
+    """The JSON schema of one applicant field, exactly as the validator checks it."""
+    text = feature.description or feature.label
+    if feature.kind == CATEGORICAL:
+        codes = "; ".join(f"`{c.code}` = {c.label}" for c in feature.categories)
+        schema: dict[str, Any] = {"type": "string", "enum": list(feature.codes),
+                                  "description": f"{text} Codes: {codes}."}
+    else:
+        schema = {"type": "integer" if feature.integer else "number",
+                  "description": text + (f" Unit: {feature.unit}." if feature.unit else "")}
+        for key in ("minimum", "maximum"):
+            bound = getattr(feature, key)
+            if bound is not None:
+                schema[key] = int(bound) if feature.integer else bound
+    schema["title"] = feature.label
+    if feature.nullable:
+        schema["nullable"] = True
+    return schema
+
+
+def applicant_schema(spec: DatasetSpec, example: dict[str, Any] | None) -> dict[str, Any]:
+    """One applicant: every model feature required, nothing else allowed."""
+    return {
+        "type": "object",
+        "description": "One credit applicant. Protected attributes (e.g. "
+                       + ", ".join(f.name for f in spec.protected)
+                       + ") are not model inputs and are refused." if spec.protected
+                       else "One credit applicant.",
+        "properties": {f.name: feature_schema(f) for f in spec.features},
+        "required": spec.feature_names,
+        "additionalProperties": False,
+        "example": example or example_record(spec),
+    }
+
+
+def _grades_text(card: dict[str, Any]) -> str:
+    bands, lower = [], 0.0
+    for g in card.get("grades", ()):
+        bands.append(f"`{g['grade']}`: {lower:.0%} ≤ PD < {g['max_pd']:.0%}"
+                     + (f" ({g['label']})" if g.get("label") else ""))
+        lower = g["max_pd"]
+    return "; ".join(bands).replace(f"< {1:.0%}", f"≤ {1:.0%}")
+
+
+def result_schemas(card: dict[str, Any], max_reasons: int) -> dict[str, Any]:
+    """Schemas of a reason code and of one applicant's result."""
+    threshold = float(card.get("threshold", 0.5))
+    grades = [g["grade"] for g in card.get("grades", ())]
+    grade_schema: dict[str, Any] = {"type": "string", "description":
+                                    "Risk grade from PD bands: " + _grades_text(card)}
+    if grades:
+        grade_schema["enum"] = grades
+    return {
+        "Reason": {
+            "type": "object",
+            "description": "A reason code: how much one feature moved this applicant's "
+                           "risk, largest first.",
+            "properties": {
+                "feature": {"type": "string"}, "label": {"type": "string"},
+                "value": {"description": "The applicant's value of the feature."},
+                "impact": {"type": "number", "description": "Contribution to the risk "
+                           "score; positive raises the PD."},
+                "text": {"type": "string"},
+            },
+            "required": ["feature", "label", "value", "impact", "text"],
+        },
+        "Prediction": {
+            "type": "object",
+            "properties": {
+                "probability_of_default": {"type": "number", "minimum": 0, "maximum": 1,
+                                           "description": "Calibrated PD."},
+                "decision": {"type": "string", "enum": ["approve", "decline"],
+                             "description": f"`decline` when the PD is at or above the "
+                                            f"cost-optimal threshold {threshold:.4f}."},
+                "risk_grade": grade_schema,
+                "reasons": {"type": "array", "maxItems": max_reasons,
+                            "items": {"$ref": REF + "Reason"},
+                            "description": "Up to {} reason codes; omitted or empty with "
+                                           "`?reasons=false`.".format(max_reasons)},
+            },
+            "required": ["probability_of_default", "decision", "risk_grade"],
+        },
+    }
+
+
+def envelope_schemas() -> dict[str, Any]:
+    """Schemas of the single and batch answers, the model reference and the error."""
+    model_ref = {"$ref": REF + "ModelRef"}
+    request_id = {"type": "string", "description": "The caller's `X-Request-ID` if it "
+                  "was a sane token, else a generated one."}
+    return {
+        "ModelRef": {"type": "object", "required": ["name", "version"],
+                     "properties": {"name": {"type": "string"},
+                                    "version": {"type": "string"}}},
+        "PredictionResponse": {"allOf": [
+            {"$ref": REF + "Prediction"},
+            {"type": "object", "required": ["model", "request_id"],
+             "properties": {"model": model_ref, "request_id": request_id}}]},
+        "BatchResponse": {
+            "type": "object", "required": ["predictions", "model", "request_id"],
+            "properties": {"predictions": {"type": "array",
+                                           "items": {"$ref": REF + "Prediction"}},
+                           "model": model_ref, "request_id": request_id}},
+        "Error": {
+            "type": "object", "required": ["error", "message", "details"],
+            "properties": {
+                "error": {"type": "string", "description": "The HTTP reason phrase."},
+                "message": {"type": "string"},
+                "details": {"type": "array", "items": {
+                    "type": "object", "required": ["field", "problem"],
+                    "properties": {"field": {"type": "string"},
+                                   "problem": {"type": "string"}}}},
+            },
+            "example": EXAMPLE_ERROR,
+        },
+    }
+
+
+def _json(schema_name: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": REF + schema_name}}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"$ref": f"#/components/responses/Error{c}"} for c in codes}
+
+
+def paths(max_batch: int, example: dict[str, Any]) -> dict[str, Any]:
+    """The operations, with their real status codes."""
+    json_200 = {"type": "object"}
+    return {
+        "/predict": {"post": {
+            "operationId": "predict", "tags": ["prediction"],
+            "summary": "Score one applicant, or a batch of up to {}".format(max_batch),
+            "description": "Send one applicant object, or `{\"instances\": [...]}` with "
+                           f"1 to {max_batch} applicants. One object in, one result out; "
+                           "a batch in, `predictions` out, in order.",
+            "parameters": [
+                {"name": "reasons", "in": "query", "required": False,
+                 "description": "Include reason codes (default true; false is faster).",
+                 "schema": {"type": "boolean", "default": True}},
+                {"name": "X-Request-ID", "in": "header", "required": False,
+                 "description": "Correlation id, echoed back when it is 1-128 characters "
+                                "of letters, digits and `._:-`; otherwise replaced.",
+                 "schema": {"type": "string"}},
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"oneOf": [{"$ref": REF + "Applicant"},
+                                     {"$ref": REF + "BatchRequest"}]},
+                "examples": {"single": {"summary": "One applicant",
+                                        "value": example},
+                             "batch": {"summary": "A batch of two",
+                                       "value": {"instances": [example, example]}}},
+            }}},
+            "responses": {
+                "200": {"description": "The prediction(s).",
+                        "headers": {"X-Request-ID": {"schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": {"oneOf": [
+                            {"$ref": REF + "PredictionResponse"},
+                            {"$ref": REF + "BatchResponse"}]}}}},
+                **_errors(400, 413, 415, 503)},
+        }},
+        "/model": {"get": {
+            "operationId": "model_card", "tags": ["model"],
+            "summary": "The model card: metrics, threshold, grades, features, versions, "
+                       "training date",
+            "responses": {"200": _json("ModelCard", "The card of the served model."),
+                          **_errors(503)}}},
+        "/ready": {"get": {
+            "operationId": "ready", "tags": ["operations"],
+            "summary": "Readiness: 200 once the model is loaded and self-tested",
+            "responses": {"200": _json("Ready", "Ready to serve."), **_errors(503)}}},
+        "/health_check": {"get": {
+            "operationId": "health_check", "tags": ["operations"],
+            "summary": "Liveness: 200 while the process serves HTTP, model or not",
+            "responses": {"200": {"description": "Alive.", "content": {
+                "application/json": {"schema": json_200}}}}}},
+        "/metrics": {"get": {
+            "operationId": "metrics", "tags": ["operations"],
+            "summary": "Prometheus metrics, summed over all workers",
+            "responses": {"200": {"description": "Prometheus text format.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    }
+
+
+def build_openapi(spec: DatasetSpec | None, card: dict[str, Any] | None,
+                  max_batch: int, max_reasons: int = 4) -> dict[str, Any]:
+    """The whole OpenAPI 3.0 document for a model (or a stub when none is loaded)."""
+    card = card or {}
+    if spec is not None:
+        example = card.get("example") or example_record(spec)
+        applicant = applicant_schema(spec, example)
+    else:
+        example = {}
+        applicant = {"type": "object", "description": "The model is not loaded, so its "
+                     "features are unknown; see GET /ready."}
+    schemas = {
+        "Applicant": applicant,
+        "BatchRequest": {"type": "object", "required": ["instances"],
+                         "additionalProperties": False,
+                         "properties": {"instances": {
+                             "type": "array", "minItems": 1, "maxItems": max_batch,
+                             "items": {"$ref": REF + "Applicant"}}}},
+        **result_schemas(card, max_reasons),
+        **envelope_schemas(),
+        "Ready": {"type": "object", "required": ["status", "model"],
+                  "properties": {"status": {"type": "string", "enum": ["ready"]},
+                                 "model": {"$ref": REF + "ModelRef"}}},
+        "ModelCard": {"type": "object",
+                      "required": ["name", "version", "created_at", "threshold"],
+                      "description": "The artifact's model card as written at training."},
+    }
+    document = {
+        "openapi": "3.0.3",
+        "info": {"title": "Credit risk API", "version": _package_version(),
+                 "description": _description(card)},
+        "paths": paths(max_batch, example),
+        "components": {
+            "schemas": schemas,
+            "responses": {f"Error{code}": _json("Error", text)
+                          for code, text in ERROR_STATUSES.items()},
+        },
+    }
+    return document
+
+
+def _description(card: dict[str, Any]) -> str:
+    if not card:
+        return "No model is loaded; GET /ready says why."
+    return (f"Probability of default, decision and reason codes from model "
+            f"**{card.get('name')}** version `{card.get('version')}` (trained "
+            f"{card.get('created_at')}). Every error, including 404 and 405, is JSON of "
+            "the `Error` shape.")
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("credit-risk-serving")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"

@@ -1,0 +1,167 @@
+"""The prediction service: plain functions between the HTTP view and the predictor.
+
+Reading the body, validating the applicants, predicting and shaping the answer are
+each a function here, testable without HTTP. The per-request path is kept lean on
+purpose: plain-Python validation from the spec (no jsonschema, no pandas), stdlib JSON.
+
+Extending "a prediction was made": connect to :data:`prediction_made`, e.g. in a
+module's ``init_app``::
+
+    services.prediction_made.connect(save_predictions, app)
+
+Receivers get the app as sender and keyword arguments ``request_id``, ``records``
+(validated applicants), ``results`` (one dict per applicant), ``model_name``,
+``model_version`` and ``batch``; they run inside the request, after the prediction.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Mapping
+
+from blinker import Namespace
+
+from app import logs, metrics
+from app.errors import APIError
+from ml.schema import DatasetSpec, validate_record
+
+_signals = Namespace()
+prediction_made = _signals.signal("prediction-made")
+
+JSON_MIMETYPE = "application/json"
+# A batch of junk can carry tens of thousands of problems; list enough to fix them.
+MAX_DETAILS = 100
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse a request body as strict JSON; raises a 400 :class:`APIError` if it is not.
+
+    Python's ``json`` accepts ``NaN`` and ``Infinity``, which are not JSON; they are
+    refused here. Pathological nesting and over-long integers are refused too.
+    """
+    if not body:
+        raise APIError(400, "The request body is empty; send a JSON object.")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise APIError(400, "The request body is nested too deeply.") from None
+    except ValueError:  # includes UnicodeDecodeError and json.JSONDecodeError
+        raise APIError(400, "The request body is not valid JSON (NaN and Infinity are "
+                            "not allowed).") from None
+
+
+def parse_reasons(args: Mapping[str, str]) -> bool:
+    """The ``reasons`` query flag (default true); raises a 400 :class:`APIError` if unclear."""
+    raw = args.get("reasons")
+    if raw is None:
+        return True
+    value = _BOOL_WORDS.get(raw.strip().lower())
+    if value is None:
+        raise APIError(400, "The query parameter reasons must be true or false.",
+                       [{"field": "reasons", "problem": "must be true or false"}])
+    return value
+
+
+def read_instances(payload: Any, spec: DatasetSpec,
+                   max_batch: int) -> tuple[list[dict[str, Any]], bool]:
+    """The applicants in a decoded body, and whether it was a batch.
+
+    A body is one applicant object, or ``{"instances": [...]}`` with 1 to ``max_batch``
+    applicants. Every problem is collected before answering, so the caller can fix
+    them all at once.
+
+    Raises:
+        APIError: 400 listing each problem as ``{"field", "problem"}``.
+    """
+    if not isinstance(payload, dict):
+        raise APIError(400, "The request body must be a JSON object: one applicant, or "
+                            '{"instances": [...]}.',
+                       [{"field": "body", "problem": "must be a JSON object"}])
+    if "instances" not in payload:
+        problems = validate_record(spec, payload)
+        _raise_if(problems)
+        return [payload], False
+    instances = payload["instances"]
+    problems = [{"field": str(k) if len(str(k)) <= 64 else "(long name)",
+                 "problem": "is not a known field (a batch holds only instances)"}
+                for k in payload if k != "instances"]
+    if not isinstance(instances, list):
+        problems.append({"field": "instances", "problem": "must be an array of applicants"})
+    elif not instances:
+        problems.append({"field": "instances", "problem": "must hold at least one applicant"})
+    elif len(instances) > max_batch:
+        problems.append({"field": "instances",
+                         "problem": f"must hold at most {max_batch} applicants"})
+    else:
+        for i, record in enumerate(instances):
+            problems.extend(validate_record(spec, record, f"instances[{i}]."))
+    _raise_if(problems)
+    return instances, True
+
+
+def _raise_if(problems: list[dict[str, str]]) -> None:
+    if not problems:
+        return
+    count = len(problems)
+    if count == 1:
+        message = "The request has 1 problem."
+    elif count <= MAX_DETAILS:
+        message = f"The request has {count} problems."
+    else:
+        message = f"The request has {count} problems; the first {MAX_DETAILS} are listed."
+    raise APIError(400, message, problems[:MAX_DETAILS])
+
+
+def predict(predictor: Any, records: list[dict[str, Any]], reasons: bool,
+            max_reasons: int) -> list[dict[str, Any]]:
+    """Score validated applicants; at most ``max_reasons`` reason codes each."""
+    results = predictor.predict(records, reasons=reasons)
+    if reasons:
+        for result in results:
+            if len(result.get("reasons", ())) > max_reasons:
+                result["reasons"] = result["reasons"][:max_reasons]
+    return results
+
+
+def record_prediction(app: Any, request_id: str, predictor: Any,
+                      records: list[dict[str, Any]], results: list[dict[str, Any]],
+                      batch: bool, log_features: bool) -> None:
+    """Everything that follows a prediction: the log line's fields, metrics, the signal."""
+    if batch:
+        logs.annotate(count=len(results),
+                      decisions=dict(Counter(r["decision"] for r in results)))
+    else:
+        logs.annotate(probability_of_default=results[0]["probability_of_default"],
+                      decision=results[0]["decision"], risk_grade=results[0]["risk_grade"])
+    if log_features:
+        logs.annotate(features=records if batch else records[0])
+    metrics.observe_predictions(results)
+    if prediction_made.receivers:
+        prediction_made.send(app, request_id=request_id, records=records, results=results,
+                             model_name=predictor.name, model_version=predictor.version,
+                             batch=batch)
+
+
+def response_body(predictor: Any, results: list[dict[str, Any]], batch: bool,
+                  request_id: str) -> dict[str, Any]:
+    """The answer: one result (single applicant) or ``predictions`` (batch), model, id."""
+    model = {"name": predictor.name, "version": predictor.version}
+    if batch:
+        return {"predictions": results, "model": model, "request_id": request_id}
+    return {**results[0], "model": model, "request_id": request_id}
+
+
+def to_json(body: Any) -> str:
+    """Compact JSON, tolerating numpy scalars a predictor may return."""
+    return json.dumps(body, separators=(",", ":"), default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
