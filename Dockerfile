@@ -8,11 +8,12 @@
 #
 # Base: Red Hat UBI 9 with Python 3.11 (sclorg s2i image). Its virtualenv /opt/app-root is
 # on PATH and owned by UID 1001 in group 0 with g=u, so OpenShift's random UID (always in
-# group 0) can read everything; WORKDIR /opt/app-root/src is HOME.
-ARG BASE_IMAGE=registry.access.redhat.com/ubi9/python-311:1
+# group 0) can read everything; WORKDIR /opt/app-root/src is HOME. The tag `1` follows
+# Red Hat's security rebuilds of the image; what a build used is recorded by the digest
+# the CD pipeline deploys.
 
 # ---------------------------------------------------------------------------------------
-FROM ${BASE_IMAGE} AS deps
+FROM registry.access.redhat.com/ubi9/python-311:1 AS deps
 USER 1001
 WORKDIR /opt/app-root/src
 ENV PYTHONDONTWRITEBYTECODE=1 \
