@@ -68,12 +68,10 @@ def applicant_schema(spec: DatasetSpec, example: dict[str, Any] | None) -> dict[
 
 
 def _grades_text(card: dict[str, Any]) -> str:
-    bands, lower = [], 0.0
-    for g in card.get("grades", ()):
-        bands.append(f"`{g['grade']}`: {lower:.0%} ≤ PD < {g['max_pd']:.0%}"
-                     + (f" ({g['label']})" if g.get("label") else ""))
-        lower = g["max_pd"]
-    return "; ".join(bands).replace(f"< {1:.0%}", f"≤ {1:.0%}")
+    """The PD bands of the card's grades, e.g. "`A`: PD up to 5% (very low risk); ..."."""
+    return "; ".join(f"`{g['grade']}`: PD up to {g['max_pd']:.0%}"
+                     + (f" ({g['label']})" if g.get("label") else "")
+                     for g in card.get("grades", ()))
 
 
 def result_schemas(card: dict[str, Any], max_reasons: int) -> dict[str, Any]:

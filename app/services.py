@@ -38,16 +38,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _parse_int(text: str) -> int | float:
+    # Integers longer than any real amount are read as floats (inf when huge), so the
+    # validator answers "must be a finite number"/"at most ..." instead of overflowing
+    # when it compares them with float bounds.
+    return int(text) if len(text) <= 20 else float(text)
+
+
 def decode_json(body: bytes) -> Any:
     """Parse a request body as strict JSON; raises a 400 :class:`APIError` if it is not.
 
     Python's ``json`` accepts ``NaN`` and ``Infinity``, which are not JSON; they are
-    refused here. Pathological nesting and over-long integers are refused too.
+    refused here. Pathological nesting is refused too; over-long integers are read as
+    floats so the validator rejects them by value.
     """
     if not body:
         raise APIError(400, "The request body is empty; send a JSON object.")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant, parse_int=_parse_int)
     except RecursionError:
         raise APIError(400, "The request body is nested too deeply.") from None
     except ValueError:  # includes UnicodeDecodeError and json.JSONDecodeError
