@@ -46,6 +46,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # which gunicorn worker
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and key not in entry and not key.startswith("_"):
