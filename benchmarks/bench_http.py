@@ -1,0 +1,305 @@
+"""HTTP benchmark of the real server command against a bare-Flask ceiling.
+
+Starts ``gunicorn -c gunicorn.conf.py`` (2 workers, the production settings) twice —
+once with ``benchmarks/ceiling_app.py``, once with the API — and drives each with
+``wrk`` (8 connections, ~10 s per scenario):
+
+  a. ceiling: bare Flask JSON endpoint (same body, same gunicorn settings)
+  b. POST /predict?reasons=false, one applicant
+  c. POST /predict, one applicant with reason codes
+  d. POST /predict?reasons=false, a batch of 1,000 applicants (server time from the
+     ``Server-Timing`` header over sequential requests)
+
+and reports req/s, ratios to the ceiling, p50/p99 latency, seconds from start to
+``/ready`` 200, and the PSS of master + workers (``/proc/<pid>/smaps_rollup``).
+Prints a table and writes ``benchmarks/results/http.json``.
+
+Usage: ``python benchmarks/bench_http.py [--model-dir DIR] [--duration 10]``. Without a
+model in ``--model-dir`` (default: ``MODEL_DIR`` or ``models/``) one is trained first.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ml.artifact import ArtifactError, read_card  # noqa: E402
+from ml.config import models_dir  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "http.json"
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+TARGETS = {"predict_ratio": 0.70, "reasons_ratio": 0.40, "p99_ms": 5.0, "ready_s": 1.5,
+           "pss_mb": 300.0, "batch_ms": 50.0}
+
+
+def free_port() -> int:
+    """An unused TCP port on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A gunicorn master started with the repository's gunicorn.conf.py."""
+
+    def __init__(self, app: str, model_dir: Path, workdir: Path, workers: int = 2):
+        self.port = free_port()
+        self.log = open(workdir / f"{app.split(':')[0]}.log", "wb")
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        env.update(PORT=str(self.port), MODEL_DIR=str(model_dir), WEB_CONCURRENCY=str(workers),
+                   TMPDIR=str(workdir))
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", app],
+                                        cwd=ROOT, env=env, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Seconds from starting the process to the first ``GET /ready`` 200."""
+        while time.perf_counter() - self.started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited early; see {self.log.name}")
+            try:
+                status, _, _ = request(self.port, "GET", "/ready", timeout=1)
+                if status == 200:
+                    return time.perf_counter() - self.started
+            except OSError:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError(f"not ready after {timeout} s; see {self.log.name}")
+
+    def pss_mb(self) -> float:
+        """Proportional set size of the master and its workers, summed, in MB."""
+        pids = [self.process.pid, *children(self.process.pid)]
+        return sum(pss_kb(pid) for pid in pids) / 1024
+
+    def stop(self) -> None:
+        """SIGTERM, and wait for the graceful exit."""
+        self.process.terminate()
+        try:
+            self.process.wait(40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid``."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    if path.exists():
+        return [int(p) for p in path.read_text().split()]
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def pss_kb(pid: int) -> int:
+    """``Pss`` of one process from ``/proc/<pid>/smaps_rollup``, in kB."""
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    return int(re.search(r"^Pss:\s+(\d+) kB", text, re.M).group(1))
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request: status, headers, body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def wrk(port: int, path: str, body: bytes, duration: int, workdir: Path,
+        connections: int = 8) -> dict[str, float]:
+    """Drive ``POST path`` with wrk; requests/s, p50 and p99 latency in ms, error count."""
+    script = workdir / "post.lua"
+    script.write_text("wrk.method = \"POST\"\n"
+                      "wrk.headers[\"Content-Type\"] = \"application/json\"\n"
+                      f"wrk.body = {json.dumps(body.decode())}\n")
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency",
+                          "-s", str(script), f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, check=True).stdout
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       out)
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+        "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        # Sync workers close each connection; wrk counts those as read errors.
+        "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def batch_times(port: int, body: bytes, n: int = 40) -> dict[str, float]:
+    """Server and round-trip milliseconds of ``n`` sequential 1,000-applicant requests."""
+    server, client = [], []
+    for _ in range(n + 3):
+        started = time.perf_counter()
+        status, headers, _ = request(port, "POST", "/predict?reasons=false", body)
+        client.append((time.perf_counter() - started) * 1000)
+        assert status == 200, status
+        server.append(float(re.search(r"dur=([\d.]+)", headers["Server-Timing"]).group(1)))
+    server, client = server[3:], client[3:]  # the first ones warm the worker up
+    return {"server_p50_ms": statistics.median(server),
+            "server_p99_ms": _quantile(server, 0.99),
+            "roundtrip_p50_ms": statistics.median(client),
+            "records_per_s": 1000 / (statistics.median(client) / 1000)}
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def ensure_model(model_dir: Path, workdir: Path) -> Path:
+    """``model_dir`` if it holds an artifact, else a freshly trained one (a minute or so)."""
+    try:
+        read_card(model_dir)
+        return model_dir
+    except ArtifactError:
+        out = workdir / "models"
+        print(f"no model in {model_dir}: training one into {out} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "ml", "-q", "train", "--out", str(out),
+                        "--cv-repeats", "1", "--no-plots"], cwd=ROOT, check=True)
+        return out
+
+
+def measure(app: str, model_dir: Path, workdir: Path, scenarios, duration: int) -> dict:
+    """Start one server, time it to ready, run the scenarios, read its memory, stop it."""
+    server = Server(app, model_dir, workdir)
+    try:
+        result = {"ready_s": server.wait_ready()}
+        result["pss_mb_idle"] = server.pss_mb()
+        for name, run in scenarios:
+            result[name] = run(server.port)
+        result["pss_mb"] = server.pss_mb()
+    finally:
+        server.stop()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every scenario, print the table, write the JSON; non-zero if a target is missed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=models_dir())
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    model_dir = ensure_model(args.model_dir, workdir)
+    card = read_card(model_dir)
+    single = json.dumps(card["example"]).encode()
+    batch = json.dumps({"instances": [card["example"]] * 1000}).encode()
+    load_before = os.getloadavg()
+
+    ceiling = measure("benchmarks.ceiling_app:create_app()", model_dir, workdir, [
+        ("ceiling", lambda port: wrk(port, "/predict", single, args.duration, workdir)),
+    ], args.duration)
+    api = measure("app:create_app()", model_dir, workdir, [
+        ("predict", lambda port: wrk(port, "/predict?reasons=false", single, args.duration,
+                                     workdir)),
+        ("reasons", lambda port: wrk(port, "/predict", single, args.duration, workdir)),
+        ("batch", lambda port: batch_times(port, batch)),
+    ], args.duration)
+
+    report = build_report(ceiling, api, card, args.duration, load_before)
+    print_table(report)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten {RESULTS.relative_to(ROOT)}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if all(report["met"].values()) else 1
+
+
+def build_report(ceiling: dict, api: dict, card: dict, duration: int, load: tuple) -> dict:
+    """All figures, the targets and whether each is met."""
+    top = ceiling["ceiling"]["requests_per_s"]
+    figures = {
+        "ceiling": ceiling["ceiling"],
+        "predict": {**api["predict"], "ratio_to_ceiling": api["predict"]["requests_per_s"] / top},
+        "reasons": {**api["reasons"], "ratio_to_ceiling": api["reasons"]["requests_per_s"] / top},
+        "batch_1000": api["batch"],
+        "ready_s": api["ready_s"],
+        "ceiling_ready_s": ceiling["ready_s"],
+        "pss_mb": api["pss_mb"],
+        "pss_mb_idle": api["pss_mb_idle"],
+        "ceiling_pss_mb": ceiling["pss_mb"],
+    }
+    met = {
+        "predict_ratio": figures["predict"]["ratio_to_ceiling"] >= TARGETS["predict_ratio"],
+        "reasons_ratio": figures["reasons"]["ratio_to_ceiling"] >= TARGETS["reasons_ratio"],
+        "p99_ms": max(figures["predict"]["p99_ms"], figures["reasons"]["p99_ms"])
+        <= TARGETS["p99_ms"],
+        "ready_s": figures["ready_s"] <= TARGETS["ready_s"],
+        "pss_mb": figures["pss_mb"] <= TARGETS["pss_mb"],
+        "batch_ms": figures["batch_1000"]["server_p50_ms"] <= TARGETS["batch_ms"],
+    }
+    return {
+        "command": "gunicorn -c gunicorn.conf.py 'app:create_app()' (WEB_CONCURRENCY=2)",
+        "load": f"wrk -t2 -c8 -d{duration}s --latency",
+        "model": {"name": card["name"], "version": card["version"],
+                  "family": card.get("model", {}).get("family")},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "loadavg_before": [round(x, 2) for x in load]},
+        "figures": figures, "targets": TARGETS, "met": met,
+    }
+
+
+def print_table(report: dict) -> None:
+    """The figures as a fixed-width table."""
+    f = report["figures"]
+    rows = [("scenario", "req/s", "vs ceiling", "p50 ms", "p99 ms")]
+    for key, label in (("ceiling", "a. bare Flask (ceiling)"),
+                       ("predict", "b. /predict?reasons=false"),
+                       ("reasons", "c. /predict with reasons")):
+        s = f[key]
+        rows.append((label, f"{s['requests_per_s']:.0f}",
+                     f"{s.get('ratio_to_ceiling', 1.0):.0%}", f"{s['p50_ms']:.2f}",
+                     f"{s['p99_ms']:.2f}"))
+    b = f["batch_1000"]
+    rows.append(("d. batch of 1,000 (server)", f"{b['records_per_s']:.0f} rec/s", "",
+                 f"{b['server_p50_ms']:.1f}", f"{b['server_p99_ms']:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths))))
+    print(f"\nready after start: {f['ready_s']:.2f} s (ceiling app {f['ceiling_ready_s']:.2f} s)")
+    print(f"PSS master + 2 workers: {f['pss_mb']:.0f} MB after load "
+          f"({f['pss_mb_idle']:.0f} MB idle; ceiling app {f['ceiling_pss_mb']:.0f} MB)")
+    print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}"
+                                  for k, v in report["met"].items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
