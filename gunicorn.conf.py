@@ -56,7 +56,6 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 control_socket_disable = True
 
 
-
 class JsonLogger(Logger):
     """gunicorn's logger, its records sent through the app's JSON handler on stdout."""
 

@@ -6,9 +6,9 @@ by :mod:`app.errors` in the one error shape.
 """
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 
-from app import services
+from app import logs, services
 from app.errors import APIError, error_response
 from app.model import get_predictor, get_state
 
@@ -55,9 +55,10 @@ def predict() -> Response:
     payload = services.decode_json(request.get_data(cache=False))
     records, batch = services.read_instances(payload, predictor.spec, config["MAX_BATCH"])
     results = services.predict(predictor, records, reasons, config["MAX_REASONS"])
-    services.record_prediction(current_app._get_current_object(), g.request_id, predictor,
+    request_id = logs.request_id()
+    services.record_prediction(current_app._get_current_object(), request_id, predictor,
                                records, results, batch, config["LOG_FEATURES"])
-    response = _json(services.response_body(predictor, results, batch, g.request_id))
+    response = _json(services.response_body(predictor, results, batch, request_id))
     # Credit decisions are personal data: no shared cache may keep them.
     response.headers["Cache-Control"] = "no-store"
     return response

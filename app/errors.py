@@ -15,6 +15,8 @@ from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import HTTP_STATUS_CODES
 
+from app import logs
+
 log = logging.getLogger(__name__)
 
 
@@ -45,8 +47,8 @@ def error_response(status: int, message: str,
 
 def handle_api_error(exc: APIError) -> Response:
     """Answer an :class:`APIError` as it asks; its problems (never values) go to the log."""
-    if exc.details and "log_fields" in g:
-        g.log_fields["problems"] = exc.details[:20]
+    if exc.details and "request_info" in g:
+        logs.annotate(problems=exc.details[:20])
     return error_response(exc.status, exc.message, exc.details)
 
 

@@ -141,13 +141,15 @@ def record_prediction(app: Any, request_id: str, predictor: Any,
                       batch: bool, log_features: bool) -> None:
     """Everything that follows a prediction: the log line's fields, metrics, the signal."""
     if batch:
-        logs.annotate(count=len(results),
-                      decisions=dict(Counter(r["decision"] for r in results)))
+        fields: dict[str, Any] = {"count": len(results),
+                                  "decisions": dict(Counter(r["decision"] for r in results))}
     else:
-        logs.annotate(probability_of_default=results[0]["probability_of_default"],
-                      decision=results[0]["decision"], risk_grade=results[0]["risk_grade"])
+        first = results[0]
+        fields = {"probability_of_default": first["probability_of_default"],
+                  "decision": first["decision"], "risk_grade": first["risk_grade"]}
     if log_features:
-        logs.annotate(features=records if batch else records[0])
+        fields["features"] = records if batch else records[0]
+    logs.annotate(**fields)
     metrics.observe_predictions(results)
     if prediction_made.receivers:
         prediction_made.send(app, request_id=request_id, records=records, results=results,

@@ -32,7 +32,9 @@ def free_port() -> int:
 
 def call(url, body=None, headers=None, method=None, timeout=10):
     """(status, headers, parsed JSON or text) for one HTTP request."""
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    if body is not None and not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+    data = body
     request = urllib.request.Request(url, data=data, method=method, headers={
         **({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})})
     try:
