@@ -50,7 +50,7 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30
 keepalive = 2
 # Heartbeat files on tmpfs: a disk-backed /tmp can stall workers into false timeouts.
-worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 # gunicorn >= 25 opens a control socket under ~/.gunicorn by default; a container with
 # a random UID and a read-only home has no use for it.
 control_socket_disable = True
