@@ -83,33 +83,20 @@ class _NumericBranch:
         _require(len(steps) in (1, 2) and isinstance(steps[0], SimpleImputer)
                  and (len(steps) == 1 or isinstance(steps[1], StandardScaler)),
                  f"branch {name!r} must be SimpleImputer [→ StandardScaler], got {steps}")
-        imputer = steps[0]
-        _check_imputer(imputer, name)
-        fill = np.asarray(imputer.statistics_, dtype=np.float64)
-        _require(fill.shape == (len(columns),) and bool(np.isfinite(fill).all()),
+        _check_imputer(steps[0], name)
+        self.fill = np.asarray(steps[0].statistics_, dtype=np.float64)
+        _require(self.fill.shape == (len(columns),) and bool(np.isfinite(self.fill).all()),
                  f"branch {name!r}: imputer has empty or non-numeric statistics")
-        self.columns, self.fill, self.out = columns, fill, out
-        self.mean = self.scale = None
-        if len(steps) == 2:
-            scaler = steps[1]
-            if scaler.with_mean:
-                self.mean = np.asarray(scaler.mean_, dtype=np.float64)
-            if scaler.with_std:
-                self.scale = np.asarray(scaler.scale_, dtype=np.float64)
         _require(out.stop - out.start == len(columns), f"branch {name!r}: output width differs")
-
-    def encode(self, raw: np.ndarray, z: np.ndarray) -> None:
-        """Write this branch's output columns of ``z`` from its raw columns."""
-        x = raw[:, self.pos]
-        nan = np.isnan(x)
-        if nan.any():
-            x = np.where(nan, self.fill, x)
-        # Same operations in the same order as StandardScaler.transform: bit-identical.
-        if self.mean is not None:
-            x -= self.mean
-        if self.scale is not None:
-            x /= self.scale
-        z[:, self.out] = x
+        self.columns = columns
+        self.out = np.arange(out.start, out.stop)
+        # Subtracting 0.0 and dividing by 1.0 are exact, so absent steps cost nothing.
+        self.mean = np.zeros(len(columns))
+        self.scale = np.ones(len(columns))
+        if len(steps) == 2 and steps[1].with_mean:
+            self.mean = np.asarray(steps[1].mean_, dtype=np.float64)
+        if len(steps) == 2 and steps[1].with_std:
+            self.scale = np.asarray(steps[1].scale_, dtype=np.float64)
 
 
 class _CategoricalBranch:
@@ -126,29 +113,17 @@ class _CategoricalBranch:
         _require(getattr(onehot, "drop_idx_", None) is None, f"branch {name!r}: drop= is set")
         _require(not getattr(onehot, "_infrequent_enabled", False),
                  f"branch {name!r}: infrequent categories are enabled")
-        self.columns, self.out = columns, out
-        self.vocab = [tuple(str(c) for c in cats) for cats in onehot.categories_]
         for cats in onehot.categories_:
             _require(all(isinstance(c, str) for c in cats),
                      f"branch {name!r}: categories must be strings")
+        self.columns = columns
+        self.vocab = [tuple(cats) for cats in onehot.categories_]
         sizes = [len(v) for v in self.vocab]
         _require(sum(sizes) == out.stop - out.start, f"branch {name!r}: output width differs")
         self.offset = out.start + np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
         # A missing value becomes the imputer's fill value, itself looked up like any code.
-        self.fill = np.array([float(v.index(s)) if s in v else UNKNOWN
-                              for v, s in zip(self.vocab, imputer.statistics_)])
-
-    def encode(self, raw: np.ndarray, z: np.ndarray) -> None:
-        """Set the one-hot cells of ``z`` from this branch's raw category indices."""
-        c = raw[:, self.pos]
-        nan = np.isnan(c)
-        if nan.any():
-            c = np.where(nan, self.fill, c)
-        known = c >= 0
-        cols = c.astype(np.intp) + self.offset
-        rows = np.arange(len(c), dtype=np.intp)[:, None] * z.shape[1]
-        flat = (rows + cols)[known] if not known.all() else (rows + cols).ravel()
-        z.reshape(-1)[flat] = 1.0
+        self.fill = [v.index(f) if f in v else None
+                     for v, f in zip(self.vocab, imputer.statistics_)]
 
 
 def _check_imputer(imputer: SimpleImputer, name: str) -> None:
@@ -159,13 +134,19 @@ def _check_imputer(imputer: SimpleImputer, name: str) -> None:
 
 
 class _Encoder:
-    """A fitted ``ColumnTransformer`` as arrays: raw matrix → the estimator's input."""
+    """A fitted ``ColumnTransformer`` as arrays: raw matrix → the estimator's input.
+
+    All branches are merged into one numeric and one categorical block, so encoding is a
+    fixed dozen numpy calls. One-hot columns come from a table indexed by
+    ``(feature, raw value + 2)``; missing (-2 after NaN replacement) maps to the fill
+    value's column and unknown (-1) to a spare column past the end that is sliced off.
+    """
 
     def __init__(self, ct: Any):
         _require(isinstance(ct, ColumnTransformer), f"first step must be a ColumnTransformer, "
                  f"got {type(ct).__name__}")
         _require(not getattr(ct, "sparse_output_", False), "ColumnTransformer output is sparse")
-        self.branches: list[_NumericBranch | _CategoricalBranch] = []
+        branches: list[_NumericBranch | _CategoricalBranch] = []
         for name, trans, columns in ct.transformers_:
             out = ct.output_indices_[name]
             if trans == "drop" or out.stop == out.start:
@@ -175,29 +156,103 @@ class _Encoder:
                      f"branch {name!r} must select columns by name")
             steps = [s for _, s in trans.steps]
             cls = _CategoricalBranch if isinstance(steps[-1], OneHotEncoder) else _NumericBranch
-            self.branches.append(cls(name, steps, list(columns), out))
-        self.n_out = max((b.out.stop for b in self.branches), default=0)
+            branches.append(cls(name, steps, list(columns), out))
+        numeric = [b for b in branches if isinstance(b, _NumericBranch)]
+        categorical = [b for b in branches if isinstance(b, _CategoricalBranch)]
+        self.n_out = sum(len(b.out) for b in numeric) + sum(
+            len(v) for b in categorical for v in b.vocab)
         _require(self.n_out > 0, "ColumnTransformer produces no columns")
-        self.features = tuple(c for b in self.branches for c in b.columns)
-        _require(len(set(self.features)) == len(self.features), "a column is used twice")
-        _require(self.n_out == sum(b.out.stop - b.out.start for b in self.branches),
+        _require(self.n_out == max(ct.output_indices_[n].stop for n, _, _ in ct.transformers_),
                  "ColumnTransformer output has gaps")
-        self.vocabulary = {c: v for b in self.branches if isinstance(b, _CategoricalBranch)
-                           for c, v in zip(b.columns, b.vocab)}
+        self.numeric = tuple(c for b in numeric for c in b.columns)
+        self.categorical = tuple(c for b in categorical for c in b.columns)
+        self.features = self.numeric + self.categorical
+        _require(len(set(self.features)) == len(self.features), "a column is used twice")
+        self.vocabulary = {c: v for b in categorical for c, v in zip(b.columns, b.vocab)}
+        self.num_out = np.concatenate([b.out for b in numeric]) if numeric else np.zeros(0, int)
+        self.fill = np.concatenate([b.fill for b in numeric]) if numeric else np.zeros(0)
+        self.mean = np.concatenate([b.mean for b in numeric]) if numeric else np.zeros(0)
+        self.scale = np.concatenate([b.scale for b in numeric]) if numeric else np.zeros(0)
+        spare = self.n_out
+        width = max((len(v) for v in self.vocabulary.values()), default=0) + 2
+        self.table = np.full((len(self.categorical), width), spare, dtype=np.intp)
+        j = 0
+        for b in categorical:
+            for vocab, offset, fill in zip(b.vocab, b.offset, b.fill):
+                self.table[j, 2:2 + len(vocab)] = offset + np.arange(len(vocab))
+                if fill is not None:
+                    self.table[j, 0] = offset + fill
+                j += 1
+        self.table_rows = np.arange(len(self.categorical), dtype=np.intp)
         self.bind(self.features)
 
     def bind(self, features: Sequence[str]) -> None:
-        """Locate each branch's columns in a raw matrix laid out as ``features``."""
+        """Locate the encoder's columns in a raw matrix laid out as ``features``."""
         where = {f: i for i, f in enumerate(features)}
-        for b in self.branches:
-            b.pos = np.array([where[c] for c in b.columns], dtype=np.intp)
+        self.num_pos = np.array([where[c] for c in self.numeric], dtype=np.intp)
+        self.cat_pos = np.array([where[c] for c in self.categorical], dtype=np.intp)
+
+    def columns_of(self, name: str) -> list[int]:
+        """The output columns that feature ``name`` sets."""
+        if name in self.vocabulary:
+            j = self.categorical.index(name)
+            return sorted({int(c) for c in self.table[j]} - {self.n_out})
+        return [int(self.num_out[self.numeric.index(name)])]
 
     def encode(self, raw: np.ndarray) -> np.ndarray:
-        """The estimator's float64 input for a raw matrix."""
-        z = np.zeros((raw.shape[0], self.n_out))
-        for b in self.branches:
-            b.encode(raw, z)
+        """The estimator's input for a raw matrix, shape ``(n, n_out + 1)``.
+
+        The last column is the spare that unknown categories switch on; estimators
+        never read it.
+        """
+        n = raw.shape[0]
+        z = np.zeros((n, self.n_out + 1))
+        x = raw[:, self.num_pos]
+        np.copyto(x, self.fill, where=np.isnan(x))
+        # The same operations in the same order as StandardScaler.transform: bit-identical.
+        x -= self.mean
+        x /= self.scale
+        z[:, self.num_out] = x
+        c = np.fmax(raw[:, self.cat_pos], -2.0)  # fmax maps NaN (missing) to -2
+        c += 2.0
+        z[np.arange(n)[:, None], self.table[self.table_rows, c.astype(np.intp)]] = 1.0
         return z
+
+    def encode_records(self, records: Iterable[Mapping[str, Any]]) -> np.ndarray:
+        """:meth:`encode` for records, in plain Python: faster for the few rows of a request.
+
+        Python float arithmetic is IEEE double arithmetic, so ``(v - mean) / scale``
+        gives the same bits as the numpy version.
+        """
+        if not hasattr(self, "_plan"):
+            self._plan = self._record_plan()
+        numeric, categorical, blank = self._plan
+        rows = []
+        for rec in records:
+            z = blank.copy()
+            for name, col, fill, mean, scale in numeric:
+                v = rec[name]
+                if v is None or v != v:
+                    v = fill
+                z[col] = (v - mean) / scale
+            for name, lookup, missing in categorical:
+                v = rec[name]
+                col = lookup.get(v) if isinstance(v, str) else (missing if _is_missing(v) else -1)
+                if col is not None and col >= 0:
+                    z[col] = 1.0
+            rows.append(z)
+        return np.array(rows, dtype=np.float64).reshape(len(rows), self.n_out + 1)
+
+    def _record_plan(self) -> tuple[list[tuple], list[tuple], list[float]]:
+        numeric = [(name, int(col), float(fill), float(mean), float(scale))
+                   for name, col, fill, mean, scale in zip(
+                       self.numeric, self.num_out, self.fill, self.mean, self.scale)]
+        categorical = []
+        for j, name in enumerate(self.categorical):
+            cols = [int(c) if c != self.n_out else -1 for c in self.table[j]]
+            lookup = {code: cols[i + 2] for i, code in enumerate(self.vocabulary[name])}
+            categorical.append((name, lookup, cols[0]))
+        return numeric, categorical, [0.0] * (self.n_out + 1)
 
 
 # --------------------------------------------------------------------------- estimators
@@ -211,7 +266,7 @@ class _Linear:
     def __init__(self, est: LogisticRegression, n_in: int):
         coef = np.asarray(est.coef_, dtype=np.float64)
         _require(coef.shape == (1, n_in), f"coef_ has shape {coef.shape}, expected (1, {n_in})")
-        self.coef = np.ascontiguousarray(coef[0])
+        self.coef = np.append(coef[0], 0.0)  # the encoder's spare column weighs nothing
         self.intercept = float(np.asarray(est.intercept_).reshape(-1)[0])
 
     def decision(self, z: np.ndarray) -> np.ndarray:
@@ -224,22 +279,30 @@ class _Linear:
 class _TreeBank:
     """Many binary trees in flat arrays, evaluated together level by level.
 
-    Node ``i`` of the packed arrays owns *slots* ``2i`` (go left) and ``2i + 1`` (go
-    right); ``child[slot]`` is the slot base (``2 * node``) of the next node, so one step
-    is ``s = child[s + (x[feature[s]] > threshold[s])]``. Leaves point at themselves.
+    Packed node ``i`` owns *slots* ``2i`` (go left) and ``2i + 1`` (go right), and
+    ``child[slot]`` is the first slot of the next node, so one level for every (tree,
+    row) pair at once is ``s = child[s + (x[feature[s]] > threshold[s])]`` (``>`` is
+    sklearn's right branch). Leaves point at themselves, so finished trees stay put.
+    Trees are sorted deepest first and each level only touches the trees still
+    descending. Every step is a flat 1-D gather: at these sizes numpy's per-call cost
+    dominates, and 1-D fancy indexing has the cheapest calls.
     """
+
+    # Measured break-even of the two single-row strategies: a pass over all nodes costs
+    # about as much as one level walked the slot way per this many nodes.
+    NODES_PER_LEVEL = 500
 
     def __init__(self, trees: list[dict[str, np.ndarray]], n_in: int, float32: bool):
         depths = np.array([_depth(t["left"], t["right"]) for t in trees])
         order = np.argsort(-depths, kind="stable")
         sizes = np.array([len(trees[i]["left"]) for i in order])
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
         n = int(sizes.sum())
         feature, threshold = np.zeros(n, np.intp), np.zeros(n)
         left, right, value = np.zeros(n, np.intp), np.zeros(n, np.intp), np.zeros(n)
         for start, i in zip(starts, order):
             t, stop = trees[i], start + len(trees[i]["left"])
-            leaf = t["is_leaf"]
+            leaf = t["left"] < 0
             own = np.arange(start, stop)
             feature[start:stop] = np.where(leaf, 0, t["feature"])
             threshold[start:stop] = np.where(leaf, 0.0, t["threshold"])
@@ -252,45 +315,58 @@ class _TreeBank:
         self.threshold = np.repeat(threshold, 2)
         self.child = np.stack([2 * left, 2 * right], axis=1).reshape(-1)
         self.value = np.repeat(value, 2)
-        self.roots = (2 * starts).astype(np.intp)
-        # At level d only the trees deeper than d still move; they come first.
+        self.roots = 2 * starts
         sorted_depths = depths[order]
         self.level_width = [int((sorted_depths > d).sum()) for d in range(int(depths.max()))]
         self.float32 = float32
         self.n_trees = len(trees)
+        # Node-level arrays for single rows of small ensembles: one pass over every node
+        # picks each node's next node, then each level is a single gather.
+        self.node = (feature, threshold, left, right, value, starts)
+        self.single_row_by_node = n <= self.NODES_PER_LEVEL * len(self.level_width)
 
     def leaf_values(self, z: np.ndarray) -> np.ndarray:
         """Leaf value reached in every tree, shape ``(n_trees, n_rows)``."""
         if self.float32:
             # sklearn forests compare float32(x) <= float64 threshold.
             z = z.astype(np.float32).astype(np.float64)
-        n_rows = z.shape[0]
-        xt = np.ascontiguousarray(z.T).reshape(-1)  # feature-major: x[f, r] at f * n + r
-        slots = np.repeat(self.roots[:, None], n_rows, axis=1)
-        rows = np.arange(n_rows, dtype=np.intp)
-        for width in self.level_width:
-            s = slots[:width]
-            at = self.feature[s]
-            if n_rows > 1:
-                at *= n_rows
-                at += rows
-            s = s + (xt[at] > self.threshold[s])
-            slots[:width] = self.child[s]
-        return self.value[slots]
+        n_rows, width = z.shape
+        x = np.ascontiguousarray(z).reshape(-1)
+        slots = np.repeat(self.roots, n_rows)  # tree-major: (tree, row) at tree * n_rows + row
+        if n_rows == 1 and self.single_row_by_node:
+            feature, threshold, left, right, value, roots = self.node
+            step = np.where(x[feature] > threshold, right, left)
+            nodes = roots.copy()
+            for w in self.level_width:
+                nodes[:w] = step[nodes[:w]]
+            return value[nodes].reshape(self.n_trees, 1)
+        if n_rows == 1:
+            for w in self.level_width:
+                at = slots[:w]
+                slots[:w] = self.child[at + (x[self.feature[at]] > self.threshold[at])]
+        else:
+            row_start = np.tile(np.arange(0, n_rows * width, width), self.n_trees)
+            for w in self.level_width:
+                w *= n_rows
+                at = slots[:w]
+                f = self.feature[at]
+                f += row_start[:w]
+                slots[:w] = self.child[at + (x[f] > self.threshold[at])]
+        return self.value[slots].reshape(self.n_trees, n_rows)
 
 
 def _depth(left: np.ndarray, right: np.ndarray) -> int:
     """Depth of a tree given its child arrays (-1 marks a leaf)."""
     inner = np.flatnonzero(left >= 0)
     depth = np.zeros(len(left), dtype=np.intp)
-    for _ in range(len(left)):  # one pass per level at most
-        new = depth.copy()
+    for _ in range(len(left)):  # one pass per level
+        new = np.zeros_like(depth)
         new[left[inner]] = depth[inner] + 1
         new[right[inner]] = depth[inner] + 1
         if np.array_equal(new, depth):
             return int(depth.max())
         depth = new
-    raise UnsupportedModelError("fast path cannot compile this model: a tree has a cycle")
+    raise UnsupportedModelError("fast path cannot compile this model: a tree is not a tree")
 
 
 class _Forest:
@@ -314,7 +390,7 @@ class _Forest:
                      "tree leaves do not hold class fractions (other sklearn version?)")
             trees.append({"left": t.children_left, "right": t.children_right,
                           "feature": t.feature, "threshold": t.threshold,
-                          "value": value[:, 0, 1], "is_leaf": leaf})
+                          "value": value[:, 0, 1]})
         self.bank = _TreeBank(trees, n_in, float32=True)
 
     def proba(self, z: np.ndarray) -> np.ndarray:
@@ -344,7 +420,7 @@ class _Boosting:
                           "right": np.where(leaf, -1, nodes["right"].astype(np.intp)),
                           "feature": nodes["feature_idx"].astype(np.intp),
                           "threshold": nodes["num_threshold"].astype(np.float64),
-                          "value": nodes["value"].astype(np.float64), "is_leaf": leaf})
+                          "value": nodes["value"].astype(np.float64)})
         _require(bool(trees), "boosting has no trees")
         self.bank = _TreeBank(trees, n_in, float32=False)
 
@@ -429,8 +505,8 @@ class _Member:
             _require(hasattr(pipeline, "decision_function") == self.estimator.has_decision,
                      "cannot tell which response the calibrator was fitted on")
 
-    def proba(self, raw: np.ndarray) -> np.ndarray:
-        z = self.encoder.encode(raw)
+    def proba(self, z: np.ndarray) -> np.ndarray:
+        """P(default) for encoded rows."""
         if self.calibrator is None:
             return self.estimator.proba(z)
         t = self.estimator.decision(z) if self.estimator.has_decision else self.estimator.proba(z)
@@ -439,53 +515,107 @@ class _Member:
         return p
 
 
+class Baseline:
+    """A reference applicant, pre-encoded for :meth:`FastModel.predict_raw` and friends.
+
+    Build one with :meth:`FastModel.baseline`.
+    """
+
+    def __init__(self, model: "FastModel", record: Mapping[str, Any]):
+        self.record = dict(record)
+        self.raw = model.raw_from_records([record])[0]
+        self.encoded = []
+        for m in model.members:
+            z = m.encoder.encode_records([record])[0]
+            # Row 0 swaps nothing; row 1 + j swaps in the columns of feature j.
+            mask = np.zeros((1 + len(model.features), len(z)), dtype=bool)
+            for j, name in enumerate(model.features):
+                mask[1 + j, m.encoder.columns_of(name)] = True
+            self.encoded.append((z, mask))
+
+
 class FastModel:
     """P(default) for raw matrices, records and frames, without pandas or sklearn at call time.
 
-    Build one with :func:`compile_model`. Thread-safe: calls never mutate the object.
+    Build one with :func:`compile_model`. Calls never mutate the object, so one instance
+    can serve many threads.
+
+    Every ``predict_*`` method takes an optional :class:`Baseline`. Without it the
+    result has shape ``(n,)``; with it, shape ``(n, 1 + len(features))``: column 0 is
+    each row's P(default) and column ``1 + j`` the same with ``features[j]`` set to the
+    baseline's value (one batched evaluation, for reason codes).
 
     Attributes:
         features: model input features, in the column order of raw matrices.
+        numeric: the numeric ones among them.
+        categorical: the categorical ones.
         vocabulary: for each categorical feature, the codes in index order (a raw value
             ``i`` means ``vocabulary[name][i]``).
-        kind: a short description, e.g. ``"random_forest+isotonic"``.
+        kind: family and calibration, e.g. ``"random_forest+isotonic"``.
     """
+
+    # Rows per block when a baseline multiplies the rows by 1 + len(features).
+    BLOCK_ROWS = 65536
 
     def __init__(self, members: list[_Member], kind: str):
         self.members = members
         self.kind = kind
         first = members[0].encoder
         self.features: tuple[str, ...] = first.features
+        self.numeric: tuple[str, ...] = first.numeric
+        self.categorical: tuple[str, ...] = first.categorical
         self.vocabulary: dict[str, tuple[str, ...]] = first.vocabulary
         for m in members[1:]:
-            _require(set(m.encoder.features) == set(self.features)
+            _require(m.encoder.features == self.features
                      and m.encoder.vocabulary == self.vocabulary,
                      "calibrated classifiers disagree on their input columns")
-            m.encoder.bind(self.features)
-        self.numeric = tuple(f for f in self.features if f not in self.vocabulary)
-        self.categorical = tuple(f for f in self.features if f in self.vocabulary)
         self._lookup = [(name, {c: float(i) for i, c in enumerate(self.vocabulary[name])})
                         if name in self.vocabulary else (name, None) for name in self.features]
 
-    def predict_raw(self, raw: np.ndarray) -> np.ndarray:
+    def baseline(self, record: Mapping[str, Any]) -> Baseline:
+        """Pre-encode a reference record (all features present) for the ``baseline=`` argument."""
+        return Baseline(self, record)
+
+    def predict_raw(self, raw: np.ndarray, baseline: Baseline | None = None) -> np.ndarray:
         """P(default) for each row of a raw matrix (shape ``(n, len(features))``)."""
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != len(self.features):
             raise ValueError(f"raw matrix must have shape (n, {len(self.features)})")
-        if len(self.members) == 1:
-            return self.members[0].proba(raw)
-        total = np.zeros(raw.shape[0])
-        for m in self.members:
-            total += m.proba(raw)
-        return total / len(self.members)
+        return self._predict([m.encoder.encode for m in self.members], raw, baseline)
 
-    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def predict_records(self, records: Sequence[Mapping[str, Any]],
+                        baseline: Baseline | None = None) -> np.ndarray:
         """P(default) for validated records (``{feature: value}``, ``None`` = missing)."""
-        return self.predict_raw(self.raw_from_records(records))
+        return self._predict([m.encoder.encode_records for m in self.members], records,
+                             baseline)
 
-    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
+    def predict_frame(self, frame: pd.DataFrame, baseline: Baseline | None = None) -> np.ndarray:
         """P(default) for a validated frame (extra columns are ignored)."""
-        return self.predict_raw(self.raw_from_frame(frame))
+        return self.predict_raw(self.raw_from_frame(frame), baseline)
+
+    def _predict(self, encoders: list[Any], rows: Any, baseline: Baseline | None) -> np.ndarray:
+        if baseline is None:
+            return self._mean([m.proba(enc(rows)) for m, enc in zip(self.members, encoders)])
+        width = 1 + len(self.features)
+        step = max(1, self.BLOCK_ROWS // width)
+        parts = []
+        for start in range(0, len(rows), step):
+            block = rows[start:start + step]
+            probs = []
+            for m, enc, (zb, mask) in zip(self.members, encoders, baseline.encoded):
+                z = enc(block)
+                z = np.where(mask, zb, z[:, None, :]).reshape(-1, z.shape[1])
+                probs.append(m.proba(z))
+            parts.append(self._mean(probs).reshape(-1, width))
+        return np.concatenate(parts) if parts else np.zeros((0, width))
+
+    def _mean(self, probs: list[np.ndarray]) -> np.ndarray:
+        if len(probs) == 1:
+            return probs[0]
+        total = np.zeros_like(probs[0])
+        for p in probs:  # in order, as CalibratedClassifierCV.predict_proba sums them
+            total += p
+        return total / len(probs)
 
     def raw_from_records(self, records: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Raw matrix of records; a category code not in the vocabulary counts as unknown."""
@@ -513,7 +643,7 @@ class FastModel:
         return raw
 
     def category_index(self, name: str, codes: Any) -> np.ndarray:
-        """Raw values of category codes of feature ``name``: index, NaN if missing, -1 if unknown."""
+        """Raw values of codes of feature ``name``: index, NaN if missing, -1 if unknown."""
         values = pd.Series(codes, copy=False)
         index = pd.Index(self.vocabulary[name]).get_indexer(values.astype(object))
         out = index.astype(np.float64)
