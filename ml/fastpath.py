@@ -185,6 +185,7 @@ class _Encoder:
                 j += 1
         self.table_rows = np.arange(len(self.categorical), dtype=np.intp)
         self.bind(self.features)
+        self._plan = self._record_plan()
 
     def bind(self, features: Sequence[str]) -> None:
         """Locate the encoder's columns in a raw matrix laid out as ``features``."""
@@ -224,8 +225,6 @@ class _Encoder:
         Python float arithmetic is IEEE double arithmetic, so ``(v - mean) / scale``
         gives the same bits as the numpy version.
         """
-        if not hasattr(self, "_plan"):
-            self._plan = self._record_plan()
         numeric, categorical, blank = self._plan
         rows = []
         for rec in records:
