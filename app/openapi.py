@@ -68,10 +68,13 @@ def applicant_schema(spec: DatasetSpec, example: dict[str, Any] | None) -> dict[
 
 
 def _grades_text(card: dict[str, Any]) -> str:
-    """The PD bands of the card's grades, e.g. "`A`: PD up to 5% (very low risk); ..."."""
-    return "; ".join(f"`{g['grade']}`: PD up to {g['max_pd']:.0%}"
-                     + (f" ({g['label']})" if g.get("label") else "")
-                     for g in card.get("grades", ()))
+    """The PD bands of the card's grades: each ``max_pd`` is an exclusive upper bound,
+    except the last (ml.predictor), e.g. "`A`: PD below 5% (very low risk); ..."."""
+    grades = card.get("grades", ())
+    return "; ".join(
+        f"`{g['grade']}`: PD " + ("up to" if i == len(grades) - 1 else "below")
+        + f" {g['max_pd']:.0%}" + (f" ({g['label']})" if g.get("label") else "")
+        for i, g in enumerate(grades))
 
 
 def result_schemas(card: dict[str, Any], max_reasons: int) -> dict[str, Any]:
@@ -85,11 +88,13 @@ def result_schemas(card: dict[str, Any], max_reasons: int) -> dict[str, Any]:
     return {
         "Reason": {
             "type": "object",
-            "description": "A reason code: how much one feature moved this applicant's "
-                           "risk, largest first.",
+            "description": "A reason code: a feature that raises this applicant's PD, "
+                           "with impact = PD minus the PD with that feature set to the "
+                           "typical applicant's value; largest first.",
             "properties": {
                 "feature": {"type": "string"}, "label": {"type": "string"},
-                "value": {"description": "The applicant's value of the feature."},
+                "value": {"type": "string", "description": "The applicant's value, for "
+                          "people: the category's label, or the number with its unit."},
                 "impact": {"type": "number", "description": "Contribution to the risk "
                            "score; positive raises the PD."},
                 "text": {"type": "string"},

@@ -74,9 +74,13 @@ def test_model_card_has_metrics_threshold_features_versions_and_date(client):
     assert [f["name"] for f in card["spec"]["features"]]
 
 
+RISKY = {"status_of_existing_checking_account": "below_0_dm", "duration_in_month": 60,
+         "credit_amount": 15000, "savings_account_and_bonds": "unknown_or_none"}
+
+
 def test_predict_one_applicant_returns_one_result(client, app, example):
     predictor = app.extensions["credit_model"].predictor
-    response = client.post("/predict", json=example)
+    response = client.post("/predict", json={**example, **RISKY})
     assert response.status_code == 200
     body = response.get_json()
     assert 0.0 <= body["probability_of_default"] <= 1.0

@@ -63,7 +63,6 @@ class Server:
                if k not in ("PROMETHEUS_MULTIPROC_DIR", "XDG_RUNTIME_DIR")}
         env.update(PORT=str(self.port), MODEL_DIR=str(model_dir), WEB_CONCURRENCY="2",
                    HOME=str(self.home), TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
-        env.update(_shim_env())  # TEMPORARY until ml/predictor.py lands
         self.started = time.monotonic()
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
@@ -86,17 +85,6 @@ class Server:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
-
-
-def _shim_env():  # TEMPORARY
-    if (ROOT / "ml" / "predictor.py").exists():
-        return {}
-    import tempfile
-    site = Path(tempfile.mkdtemp(prefix="shim-site-"))
-    (site / "sitecustomize.py").write_text(
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        "import _tmp_model; _tmp_model.install_shim()\n")
-    return {"PYTHONPATH": str(site)}
 
 
 @pytest.fixture(scope="module")

@@ -84,8 +84,10 @@ def test_batch_limit_threshold_and_grades_come_from_config_and_card(document, pr
     prediction = schemas["Prediction"]["properties"]
     assert f"{predictor.threshold:.4f}" in prediction["decision"]["description"]
     assert prediction["risk_grade"]["enum"] == [g["grade"] for g in predictor.card["grades"]]
-    for grade in predictor.card["grades"]:
-        assert f"`{grade['grade']}`: PD up to" in prediction["risk_grade"]["description"]
+    for grade in predictor.card["grades"][:-1]:
+        assert f"`{grade['grade']}`: PD below" in prediction["risk_grade"]["description"]
+    assert f"`{predictor.card['grades'][-1]['grade']}`: PD up to 100%" in prediction[
+        "risk_grade"]["description"]
 
 
 @pytest.mark.parametrize("status", [400, 404, 405, 413, 415, 503])
