@@ -26,11 +26,13 @@ RUN pip install --no-cache-dir -r requirements.txt
 
 # ---------------------------------------------------------------------------------------
 FROM deps AS trainer
+ARG REVISION=unknown
 # Only the code and the embedded data set that training reads (.dockerignore keeps the
 # rest of the context out).
 COPY --chown=1001:0 ml/ ml/
 COPY --chown=1001:0 data/ data/
-RUN python -m ml train
+# The context has no .git: the model card gets its commit from GIT_COMMIT.
+RUN GIT_COMMIT="${REVISION}" python -m ml train
 
 # ---------------------------------------------------------------------------------------
 FROM deps AS api

@@ -59,12 +59,13 @@ lint: install-dev ## flake8 on the Python code
 bench: install-dev ## Run the benchmarks and print their figures
 	$(PY) benchmarks/run_all.py
 
-docker-build: ## Build the trainer and api images (needs a Docker engine)
-	docker build --target trainer -t $(IMAGE)-trainer:$(TAG) .
-	docker build --target api -t $(IMAGE):$(TAG) .
+docker-build: ## Build the trainer and api images (needs a Docker engine, or DOCKER=podman)
+	$(or $(DOCKER),docker) build --target trainer --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) -t $(IMAGE)-trainer:$(TAG) .
+	$(or $(DOCKER),docker) build --target api --build-arg VERSION=$(TAG) --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) -t $(IMAGE):$(TAG) .
 
-deploy: ## Roll out to OpenShift: oc apply -k k8s/overlays/$(ENV)
+deploy: ## Roll out to OpenShift: oc apply -k k8s/overlays/$(ENV), then wait for the rollout
 	oc apply -k k8s/overlays/$(ENV)
+	oc rollout status deployment/credit-risk-api --timeout=10m
 
 clean: ## Remove the virtualenv, built models and reports
 	rm -rf $(VENV) models reports .coverage* coverage.xml

@@ -49,5 +49,5 @@ trap 'rm -rf "$rendered"' EXIT
 for overlay in k8s/overlays/*/; do
   "$KUBECTL" kustomize "$overlay" > "$rendered/$(basename "$overlay").yaml"
 done
-"${CHECKOV[@]}" --framework kubernetes -d "$rendered"
-"${CHECKOV[@]}" --framework dockerfile -f Dockerfile
+"${CHECKOV[@]}" --quiet --framework kubernetes -d "$rendered"
+"${CHECKOV[@]}" --quiet --framework dockerfile -f Dockerfile
