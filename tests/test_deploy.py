@@ -77,7 +77,8 @@ def kustomize(path: Path) -> str:
 
 def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
     """The rendered objects of one kind (and name)."""
-    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    return [d for d in docs
+            if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
 
 
 def one(docs: list[dict], kind: str, name: str = APP) -> dict:
