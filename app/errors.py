@@ -11,13 +11,16 @@ import json
 import logging
 from typing import Iterable
 
-from flask import Flask, Response, g
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app import logs
 
 log = logging.getLogger(__name__)
+
+# Over-long bodies up to this size are read and dropped before the 413 is sent.
+DRAIN_LIMIT = 16 * 1024 * 1024
 
 
 class APIError(Exception):
@@ -55,10 +58,33 @@ def handle_api_error(exc: APIError) -> Response:
 def handle_http_exception(exc: HTTPException) -> Response:
     """Answer werkzeug's HTTP errors (404, 405, 413, ...) as JSON instead of HTML."""
     status = exc.code or 500
+    if status == 413:
+        _discard_body()
     response = error_response(status, exc.description or HTTP_STATUS_CODES.get(status, ""))
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
     return response
+
+
+def _discard_body(most: int = DRAIN_LIMIT) -> None:
+    """Read and drop an over-long body, so the client gets to read the 413.
+
+    Answering before the body is read and then closing the socket makes the client's
+    send fail (broken pipe) before it reads the answer. Bodies declared bigger than
+    ``most`` bytes are not worth the work: for those the connection is just closed.
+    """
+    length = request.content_length
+    if not length or length > most:
+        return
+    stream = request.environ.get("wsgi.input")
+    try:
+        while length > 0:
+            chunk = stream.read(min(length, 1 << 16))
+            if not chunk:
+                break
+            length -= len(chunk)
+    except (OSError, ValueError):  # pragma: no cover - the client went away
+        pass
 
 
 def handle_unexpected(exc: Exception) -> Response:

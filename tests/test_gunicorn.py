@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
-START_TIMEOUT = 20.0  # generous for a loaded CI runner; the benchmark measures the real figure
+START_TIMEOUT = 30.0  # waiting; what is asserted is READY_WITHIN
+READY_WITHIN = 10.0  # generous for a loaded CI runner; bench_http.py measures the real figure
 
 
 def free_port() -> int:
@@ -101,7 +102,7 @@ def example(server):
 
 
 def test_becomes_ready_within_seconds_and_names_the_model(server):
-    assert server.ready_after < START_TIMEOUT
+    assert server.ready_after < READY_WITHIN
     status, _, body = call(server.url + "/ready")
     assert status == 200 and body["status"] == "ready"
     assert call(server.url + "/health_check")[0] == 200
@@ -122,6 +123,13 @@ def test_bad_request_is_a_json_4xx(server, body, status):
     got, _, error = call(server.url + "/predict", body)
     assert got == status
     assert set(error) == {"error", "message", "details"}
+
+
+def test_body_over_the_limit_is_a_413_the_client_can_read(server):
+    body = b'{"instances": [' + b'{"a": 1},' * 300_000 + b"{}]}"  # ~3 MB > 2 MiB default
+    for _ in range(3):  # the answer must arrive every time, not a broken pipe
+        status, _, error = call(server.url + "/predict", body)
+        assert status == 413 and error["error"] == "Request Entity Too Large"
 
 
 def test_unknown_route_and_wrong_method_are_json(server):
