@@ -28,7 +28,6 @@ from ml.schema import DatasetSpec, validate_record
 _signals = Namespace()
 prediction_made = _signals.signal("prediction-made")
 
-JSON_MIMETYPE = "application/json"
 # A batch of junk can carry tens of thousands of problems; list enough to fix them.
 MAX_DETAILS = 100
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
