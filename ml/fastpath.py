@@ -84,7 +84,10 @@ class _NumericBranch:
                  and (len(steps) == 1 or isinstance(steps[1], StandardScaler)),
                  f"branch {name!r} must be SimpleImputer [→ StandardScaler], got {steps}")
         _check_imputer(steps[0], name)
-        self.fill = np.asarray(steps[0].statistics_, dtype=np.float64)
+        try:
+            self.fill = np.asarray(steps[0].statistics_, dtype=np.float64)
+        except (TypeError, ValueError):
+            self.fill = np.full(len(columns), np.nan)
         _require(self.fill.shape == (len(columns),) and bool(np.isfinite(self.fill).all()),
                  f"branch {name!r}: imputer has empty or non-numeric statistics")
         _require(out.stop - out.start == len(columns), f"branch {name!r}: output width differs")

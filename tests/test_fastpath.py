@@ -1,0 +1,260 @@
+"""The compiled fast path gives sklearn's probabilities, for every family the trainer can pick."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.svm import SVC
+
+from ml.config import DEFAULT_DATA, DEFAULT_SPEC
+from ml.data import load_dataset, read_raw
+from ml.fastpath import UnsupportedModelError, check_against, compile_model
+from ml.pipeline import build_pipeline
+from ml.schema import CATEGORICAL, DatasetSpec
+
+TOLERANCE = 1e-9
+# Small but representative settings: the whole file must stay fast on 2 cores.
+FAMILIES = {
+    "logistic_regression": {"model__C": 0.3},
+    "random_forest": {"model__n_estimators": 30, "model__min_samples_leaf": 3},
+    "hist_gradient_boosting": {"model__max_iter": 40, "model__max_leaf_nodes": 15},
+}
+CALIBRATIONS = (None, "sigmoid", "isotonic")
+
+
+def fit(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray, family: str,
+        calibration: str | None = None) -> object:
+    """A fitted pipeline, or a CalibratedClassifierCV of one, as the trainer builds them."""
+    pipeline = build_pipeline(spec, family, seed=0, params=FAMILIES[family])
+    if calibration is None:
+        return pipeline.fit(X, y)
+    return CalibratedClassifierCV(pipeline, method=calibration, cv=5,
+                                  ensemble=False).fit(X, y)
+
+
+def records_of(X: pd.DataFrame, spec: DatasetSpec) -> list[dict]:
+    """API-style records (None for missing) of a validated frame."""
+    out = []
+    for row in X[spec.feature_names].itertuples(index=False):
+        out.append({name: (None if isinstance(v, float) and np.isnan(v) else
+                           (int(v) if isinstance(v, float) and v.is_integer() else v))
+                    for name, v in zip(spec.feature_names, row)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def spec() -> DatasetSpec:
+    return DatasetSpec.load(DEFAULT_SPEC)
+
+
+@pytest.fixture(scope="module")
+def full(spec):
+    data = load_dataset(DEFAULT_DATA, spec)
+    return data.X, data.y
+
+
+@pytest.fixture(scope="module")
+def blanked(spec, tmp_path_factory):
+    """The German data with ~10% of feature cells blanked, read with every feature nullable."""
+    raw = read_raw(DEFAULT_DATA)
+    rng = np.random.default_rng(7)
+    for f in spec.features:
+        raw.loc[rng.random(len(raw)) < 0.1, f.source_column] = ""
+    path = tmp_path_factory.mktemp("blanked") / "german_blanked.csv"
+    raw.to_csv(path, index=False)
+    nullable = spec.to_dict()
+    for f in nullable["features"]:
+        f["nullable"] = True
+    nullable_spec = DatasetSpec.from_dict(nullable)
+    data = load_dataset(path, nullable_spec)
+    assert data.X[spec.feature_names].isna().to_numpy().mean() > 0.08
+    return data.X, data.y, nullable_spec
+
+
+@pytest.fixture(scope="module")
+def models(spec, full, blanked):
+    """Every family × calibration, fitted on the full and on the blanked data (lazily)."""
+    cache = {}
+
+    def get(family, calibration, dataset):
+        key = (family, calibration, dataset)
+        if key not in cache:
+            X, y = full if dataset == "full" else blanked[:2]
+            cache[key] = fit(spec, X, y, family, calibration)
+        return cache[key]
+    return get
+
+
+@pytest.mark.parametrize("dataset", ["full", "blanked"])
+@pytest.mark.parametrize("calibration", CALIBRATIONS)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_matches_predict_proba_on_every_row(models, full, blanked, spec, family, calibration,
+                                            dataset):
+    X = full[0] if dataset == "full" else blanked[0]
+    model = models(family, calibration, dataset)
+    fast = compile_model(model)
+    expected = model.predict_proba(X)[:, 1]
+    from_frame = fast.predict_frame(X)
+    from_records = fast.predict_records(records_of(X, spec))
+    assert np.max(np.abs(from_frame - expected)) <= TOLERANCE
+    assert np.max(np.abs(from_records - expected)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_one_record_at_a_time_matches_the_batch(models, full, spec, family):
+    model = models(family, "sigmoid", "full")
+    fast = compile_model(model)
+    records = records_of(full[0].head(25), spec)
+    batch = fast.predict_records(records)
+    single = np.array([fast.predict_records([r])[0] for r in records])
+    assert np.max(np.abs(single - batch)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_matches_predict_proba_on_random_applicants(models, blanked, family):
+    """Values never seen in training (non-integers, extremes, NaN anywhere) still agree."""
+    X, _, nullable_spec = blanked
+    model = models(family, "isotonic", "blanked")
+    rng = np.random.default_rng(11)
+    n = 400
+    columns = {}
+    for f in nullable_spec.features:
+        if f.kind == CATEGORICAL:
+            values = rng.choice(np.array(f.codes, dtype=object), size=n)
+        else:
+            values = rng.uniform(f.minimum, f.maximum, size=n)
+            whole = rng.random(n) < 0.3
+            values[whole] = np.round(values[whole])
+        values = pd.Series(values, dtype=object if f.kind == CATEGORICAL else float)
+        values[rng.random(n) < 0.15] = np.nan
+        columns[f.name] = values
+    frame = pd.DataFrame(columns)
+    fast = compile_model(model)
+    assert check_against(model, fast, frame) <= TOLERANCE
+
+
+@pytest.mark.filterwarnings("ignore:Found unknown categories")
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_unknown_category_is_all_zeros_like_sklearn(models, full, spec, family):
+    model = models(family, None, "full")
+    frame = full[0].head(5).copy()
+    frame["purpose"] = frame["purpose"].astype(object)
+    frame.loc[frame.index[0], "purpose"] = "not_a_purpose"
+    fast = compile_model(model)
+    records = records_of(frame, spec)
+    assert np.max(np.abs(fast.predict_records(records)
+                         - model.predict_proba(frame)[:, 1])) <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_baseline_rows_swap_exactly_one_feature(models, full, spec, family):
+    model = models(family, None, "full")
+    fast = compile_model(model)
+    records = records_of(full[0].iloc[[3, 10]], spec)
+    reference = records_of(full[0].iloc[[20]], spec)[0]
+    what_if = fast.predict_records(records, fast.baseline(reference))
+    assert what_if.shape == (2, 1 + len(fast.features))
+    for i, record in enumerate(records):
+        assert what_if[i, 0] == pytest.approx(fast.predict_records([record])[0], abs=TOLERANCE)
+        swapped = [{**record, name: reference[name]} for name in fast.features]
+        assert np.max(np.abs(what_if[i, 1:] - fast.predict_records(swapped))) <= TOLERANCE
+    raw = fast.raw_from_records(records)
+    assert np.max(np.abs(fast.predict_raw(raw, fast.baseline(reference)) - what_if)) <= TOLERANCE
+
+
+def test_tree_inputs_are_compared_in_float32_like_sklearn(spec, full):
+    """Just above a split threshold in float64 but on it in float32: sklearn goes left."""
+    X, y = full
+    model = fit(spec, X, y, "random_forest")
+    scaler = model.named_steps["prep"].named_transformers_["num"].named_steps["scale"]
+    roots = [(i, t.tree_.feature[0], t.tree_.threshold[0])
+             for i, t in enumerate(model.named_steps["model"].estimators_)]
+    usable = [(i, j, th) for i, j, th in roots
+              if j < len(scaler.mean_) and np.float32(th) == th]
+    if not usable:
+        pytest.skip("no root split on a numeric feature at a float32 value")
+    _, j, threshold = usable[0]
+    scaled = threshold + np.arange(1, 50) * 1e-12  # float32 rounds these onto threshold
+    frame = pd.concat([X.iloc[[0]]] * len(scaled), ignore_index=True)
+    frame[spec.numeric[j].name] = scaled * scaler.scale_[j] + scaler.mean_[j]
+    fast = compile_model(model)
+    assert check_against(model, fast, frame) <= TOLERANCE
+    fast.members[0].estimator.bank.float32 = False  # the test must be able to tell
+    with pytest.raises(UnsupportedModelError):
+        check_against(model, fast, frame)
+
+
+def _pipeline_with(spec, numeric=None, categorical=None, estimator=None):
+    numeric = numeric or Pipeline([("impute", SimpleImputer(strategy="median")),
+                                   ("scale", StandardScaler())])
+    categorical = categorical or Pipeline([
+        ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False))])
+    return Pipeline([("prep", ColumnTransformer(
+        [("num", numeric, [f.name for f in spec.numeric]),
+         ("cat", categorical, [f.name for f in spec.categorical])])),
+        ("model", LogisticRegression(max_iter=500) if estimator is None else estimator)])
+
+
+UNSUPPORTED = {
+    "bare estimator": lambda spec: LogisticRegression(max_iter=500),
+    "SVC": lambda spec: _pipeline_with(spec, estimator=SVC()),
+    "GradientBoostingClassifier": lambda spec: _pipeline_with(
+        spec, estimator=GradientBoostingClassifier(n_estimators=5)),
+    "scaler without imputer": lambda spec: _pipeline_with(
+        spec, numeric=Pipeline([("scale", StandardScaler())])),
+    "missing indicator": lambda spec: _pipeline_with(
+        spec, numeric=Pipeline([("impute", SimpleImputer(add_indicator=True)),
+                                ("scale", StandardScaler())])),
+    "one-hot drop=first": lambda spec: _pipeline_with(
+        spec, categorical=Pipeline([
+            ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+            ("onehot", OneHotEncoder(drop="first", handle_unknown="ignore",
+                                     sparse_output=False))])),
+    "native categorical splits": lambda spec: _pipeline_with(
+        spec, estimator=HistGradientBoostingClassifier(max_iter=5, categorical_features=[7])),
+    "temperature calibration": lambda spec: CalibratedClassifierCV(
+        _pipeline_with(spec), method="temperature", cv=3, ensemble=False),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", list(UNSUPPORTED))
+def test_rejects_models_it_cannot_reproduce(spec, full, name):
+    X, y = full
+    model = UNSUPPORTED[name](spec)
+    model.fit(X[[f.name for f in spec.numeric]] if name == "bare estimator" else X, y)
+    with pytest.raises(UnsupportedModelError, match="fast path cannot compile"):
+        compile_model(model)
+
+
+def test_rejects_more_than_two_classes(spec, full):
+    X, y = full
+    three = np.where(X["age_in_years"] > 50, 2, y)
+    model = build_pipeline(spec, "logistic_regression", 0).fit(X, three)
+    with pytest.raises(UnsupportedModelError, match="classes"):
+        compile_model(model)
+
+
+def test_check_against_catches_a_wrong_fast_path(models, full):
+    model = models("logistic_regression", None, "full")
+    fast = compile_model(model)
+    fast.members[0].estimator.intercept += 0.01  # simulate a compiler bug
+    with pytest.raises(UnsupportedModelError, match="disagrees with sklearn"):
+        check_against(model, fast, full[0].head(20))
+
+
+def test_ensemble_calibration_averages_its_classifiers(spec, full):
+    X, y = full
+    model = CalibratedClassifierCV(build_pipeline(spec, "logistic_regression", 0),
+                                   method="sigmoid", cv=3, ensemble=True).fit(X, y)
+    fast = compile_model(model)
+    assert len(fast.members) == 3
+    assert check_against(model, fast, X) <= TOLERANCE
