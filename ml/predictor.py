@@ -264,7 +264,7 @@ def _card_record(card: dict[str, Any], path: tuple[str, ...], spec: DatasetSpec)
         node = node.get(key) if isinstance(node, dict) else None
     where = ".".join(path)
     if not isinstance(node, dict):
-        raise ArtifactError(f"model card has no {where} record")
+        raise ArtifactError(f"model card has no {where} (a record of every feature)")
     problems = validate_record(spec, node)
     if problems:
         shown = "; ".join(f"{p['field']} {p['problem']}" for p in problems[:5])
