@@ -92,3 +92,26 @@ def draft_spec(csv_path: str | Path, target: str, positive: str,
         cost=CostMatrix(approve_bad=approve_bad, decline_good=decline_good),
         description=f"Drafted from {Path(csv_path).name}: review every entry before training.",
     )
+
+
+def add_arguments(parser) -> None:
+    """Options of ``python -m ml spec``."""
+    parser.add_argument("csv", help="the data set to describe")
+    parser.add_argument("--target", required=True, help="the label column")
+    parser.add_argument("--positive", required=True, help="the label value meaning default")
+    parser.add_argument("--protected", nargs="*", default=[],
+                        help="columns kept out of the model, used for fairness reports")
+    parser.add_argument("--name", help="model name (default: from the file name)")
+    parser.add_argument("--out", help="write the spec here (default: print it)")
+
+
+def run(args) -> int:
+    """Draft the spec and write or print it."""
+    spec = draft_spec(args.csv, args.target, args.positive, tuple(args.protected), args.name)
+    if args.out:
+        spec.save(args.out)
+        print(f"spec drafted to {args.out}: review kinds, categories, bounds and labels")
+    else:
+        import yaml
+        print(yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True, width=100))
+    return 0

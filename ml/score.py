@@ -24,11 +24,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import multiprocessing
-import os
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -51,7 +48,7 @@ _QUOTE, _COMMA, _NEWLINE, _CR = 34, 44, 10, 13
 
 def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
               chunksize: int = 50_000, progress: bool = True, reasons: bool = True,
-              workers: int | None = None, predictor: Predictor | None = None) -> dict[str, Any]:
+              predictor: Predictor | None = None) -> dict[str, Any]:
     """Score every row of ``in_csv`` into ``out_csv``; bad rows go to ``<out_csv>.errors.csv``.
 
     Args:
@@ -62,9 +59,6 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
             near :data:`BLOCK_BYTES` so that they stay in the CPU caches.
         progress: show a tqdm progress bar on stderr.
         reasons: fill ``reason_1`` … ``reason_4`` (about 20 times the model work).
-        workers: processes scoring chunks in parallel (forked, so the predictor is
-            loaded once); ``None`` means one per usable CPU, at most 4. The output is
-            the same whatever the number.
         predictor: an already loaded predictor (then ``model_dir`` is ignored).
 
     Returns:
@@ -87,7 +81,7 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
         rows = scored = 0
         line = 1 + header_line.count(b"\n")
         bar.update(len(header_line))
-        for block, result in _score_blocks(chunker, _blocks(src, chunksize), workers):
+        for block, result in _score_blocks(chunker, _blocks(src, chunksize)):
             out.write(result.output)
             errors.write([chunker.error_line(rows + i + 1, line + rel_line - 1, problem, record)
                           for i, rel_line, problem, record in result.errors])
@@ -102,46 +96,16 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
             "output": str(out_csv), "errors": str(errors_path) if errors.count else None}
 
 
-def default_workers() -> int:
-    """One scoring process per CPU this process may use, at most 4."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+def _score_blocks(chunker: "_Chunker",
+                  blocks: Iterator[bytes]) -> Iterator[tuple[bytes, "_BlockResult"]]:
+    """(block, result) in input order.
 
-
-_WORKER_CHUNKER: "_Chunker | None" = None
-
-
-def _work(block: bytes) -> "_BlockResult":
-    assert _WORKER_CHUNKER is not None
-    return _WORKER_CHUNKER.score_block(block)
-
-
-def _score_blocks(chunker: "_Chunker", blocks: Iterator[bytes],
-                  workers: int | None) -> Iterator[tuple[bytes, "_BlockResult"]]:
-    """(block, result) in input order, scored here or by forked worker processes."""
-    global _WORKER_CHUNKER
-    workers = default_workers() if workers is None else workers
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        for block in blocks:
-            yield block, chunker.score_block(block)
-        return
-    _WORKER_CHUNKER = chunker  # inherited by the forked workers
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            pending: deque = deque()
-            for block in blocks:
-                pending.append((block, pool.apply_async(_work, (block,))))
-                if len(pending) >= 2 * workers:  # bounded read-ahead
-                    done, result = pending.popleft()
-                    yield done, result.get()
-            while pending:
-                done, result = pending.popleft()
-                yield done, result.get()
-    finally:
-        _WORKER_CHUNKER = None
+    One process on purpose: forked workers measured no faster on the 2-vCPU nodes this
+    runs on, and a fork after sklearn has started its OpenMP pool (large tree batches
+    do) can deadlock the child.
+    """
+    for block in blocks:
+        yield block, chunker.score_block(block)
 
 
 # --------------------------------------------------------------------------- reading
@@ -243,15 +207,10 @@ class _Chunker:
         problem, the record's text) so the caller can number them in the file.
         """
         fields = _tokenize(block, len(self.header))
-        columns: list[_Column | None] = []
-        if fields is not None:
-            for cache, j in zip(self.caches, self.positions):
-                columns.append(cache.resolve_fast(fields, j))
-                if columns[-1] is None:
-                    break
-        if fields is None or None in columns:
+        grouped = _group_cells(fields, self.positions) if fields is not None else None
+        if grouped is None:
             return self._score_slow(block)
-        raw, problems = self._convert(columns)
+        raw, problems = self._resolve(fields, *grouped)
         bad = np.flatnonzero(problems.any(axis=1)) if problems.size else np.zeros(0, int)
         errors = [(int(i), fields.line_of(int(i)), self._problem_text(problems[i]),
                    fields.record(int(i))) for i in bad]
@@ -302,6 +261,23 @@ class _Chunker:
             writer.writerow([*good_records[g], *tail])
         return _BlockResult(out.getvalue().encode(), errors, len(records), len(good_rows),
                             _count(block, _NEWLINE))
+
+    def _resolve(self, fields: "_Fields", codes: np.ndarray,
+                 pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw matrix and problem codes of a grouped chunk (see :func:`_group_cells`)."""
+        n = fields.n
+        values = np.empty(len(pick))
+        problems = np.empty(len(pick), dtype=np.int8)
+        column = pick // n if n else pick
+        order = np.argsort(column, kind="stable")
+        bounds = np.searchsorted(column[order], np.arange(len(self.caches) + 1))
+        for c, (cache, j) in enumerate(zip(self.caches, self.positions)):
+            groups = order[bounds[c]:bounds[c + 1]]
+            rows = pick[groups] - c * n
+            starts = fields.column_starts[j][rows]
+            stops = starts + fields.column_lengths[j][rows]
+            values[groups], problems[groups] = cache.lookup(fields.block, starts, stops)
+        return values[codes].T, problems[codes].T
 
     def _convert(self, columns: list[_Column]) -> tuple[np.ndarray, np.ndarray]:
         """Raw matrix (fast-path layout) and the (row, feature) problem codes."""
@@ -498,38 +474,47 @@ _MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtyp
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _group_fast(fields: _Fields, j: int) -> tuple[np.ndarray, ...] | None:
-    """Group the rows of column ``j`` by their bytes; ``None`` on a hash collision.
+def _group_cells(fields: _Fields, positions: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Group every feature cell of a chunk by its bytes, all columns at once.
 
-    Returns (row → group, one row per group). The 64-bit key only groups rows: every
-    row is then compared word for word with its group's row, so a collision costs
+    Returns the group of each cell, shape ``(len(positions), n)``, and for each group the
+    flat index (``column * n + row``) of one of its cells; ``None`` on a hash collision.
+    Cells are hashed 8 bytes at a time (bytes past a cell's end masked off) with their
+    length and column; the hash only groups them: every cell is then compared, word
+    for word and by length and column, with its group's cell, so a collision costs
     speed (the slow path), never a wrong value.
     """
-    length = fields.column_lengths[j]
+    starts = fields.column_starts[positions]
+    length = fields.column_lengths[positions]
+    columns, n = length.shape
+    if n == 0:
+        return np.zeros((columns, 0), dtype=np.intp), np.zeros(0, dtype=np.intp)
     shortest, longest = int(length.min()), int(length.max())
-    words = []
-    key = length.astype(np.uint64)
-    offset = fields.column_starts[j].copy()
     # masks[longest + r] keeps the first r bytes of a word (r <= 0: none, r >= 8: all)
     masks = np.concatenate([np.zeros(longest, dtype=np.uint64), _MASKS])
+    key = length.astype(np.uint64)
+    key += np.arange(columns, dtype=np.uint64)[:, None] << np.uint64(40)
+    words = []
     for k in range((longest + 7) // 8):
-        word = fields.words[offset]
-        if 8 * (k + 1) > shortest:  # some fields end within this word: mask their tails
+        word = fields.words[starts]
+        if 8 * (k + 1) > shortest:  # some cells end within this word: mask their tails
             remaining = np.minimum(length - 8 * k, 8)
             remaining += longest
             word &= masks[remaining]
-        words.append(word)
+        words.append(word.reshape(-1))
         key ^= word
         key *= _MIX
-        offset += 8
+        starts += 8
     key ^= key >> np.uint64(29)
-    codes, keys = pd.factorize(key)
+    codes, keys = pd.factorize(key.reshape(-1))
     pick = np.zeros(len(keys), dtype=np.intp)
-    pick[codes] = fields.rows  # some row of each group: any will do
-    for word in (length, *words):
-        if not np.array_equal(word, word[pick][codes]):
+    pick[codes] = np.arange(codes.size)  # some cell of each group: any will do
+    if not np.array_equal((pick // n)[codes], np.arange(codes.size) // n):
+        return None
+    for word in (length.reshape(-1), *words):
+        if not np.array_equal(word[pick][codes], word):
             return None
-    return codes.astype(np.intp, copy=False), pick
+    return codes.reshape(columns, n).astype(np.intp, copy=False), pick
 
 
 class _ColumnCache:
@@ -549,34 +534,26 @@ class _ColumnCache:
         self.values = np.zeros(0)
         self.problems = np.zeros(0, dtype=np.int8)
 
-    def resolve_fast(self, fields: _Fields, j: int) -> _Column | None:
-        """Column ``j`` of a tokenised chunk, or ``None`` if its bytes defeat the hash."""
-        if fields.n == 0:
-            return _Column(np.zeros(0, np.intp), np.zeros(0), np.zeros(0, np.int8))
-        grouped = _group_fast(fields, j)
-        if grouped is None:
-            return None
-        codes, pick = grouped
-        block = fields.block
-        starts = fields.column_starts[j][pick].tolist()
-        stops = (fields.column_starts[j][pick] + fields.column_lengths[j][pick]).tolist()
-        cells = [block[a:b] for a, b in zip(starts, stops)]
+    def lookup(self, block: bytes, starts: np.ndarray,
+               stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw values and problem codes of the cells ``block[start:stop]`` (distinct)."""
+        cells = [block[a:b] for a, b in zip(starts.tolist(), stops.tolist())]
         slots = [self.slots.get(c, -1) for c in cells]
         if -1 in slots:
             new = [i for i, slot in enumerate(slots) if slot < 0]
             texts = [_unquote(cells[i].decode("utf-8", "replace")) for i in new]
             values, problems = _convert_texts(self.predictor, self.feature, texts)
             if len(self.slots) + len(new) > self.LIMIT:  # full: answer without keeping
-                group_values = self.values[np.maximum(slots, 0)]
-                group_problems = self.problems[np.maximum(slots, 0)]
-                group_values[new], group_problems[new] = values, problems
-                return _Column(codes, group_values, group_problems)
+                known = np.maximum(np.array(slots, dtype=np.intp), 0)
+                cell_values, cell_problems = self.values[known], self.problems[known]
+                cell_values[new], cell_problems[new] = values, problems
+                return cell_values, cell_problems
             for i, slot in zip(new, range(len(self.slots), len(self.slots) + len(new))):
                 self.slots[cells[i]] = slots[i] = slot
             self.values = np.concatenate([self.values, values])
             self.problems = np.concatenate([self.problems, problems])
         slot_array = np.array(slots, dtype=np.intp)
-        return _Column(codes, self.values[slot_array], self.problems[slot_array])
+        return self.values[slot_array], self.problems[slot_array]
 
     def resolve_texts(self, texts: list[str]) -> _Column:
         """A column given as text cells (the slow path; nothing cached)."""
@@ -677,8 +654,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunksize", type=int, default=50_000, help="rows per chunk")
     parser.add_argument("--no-reasons", action="store_true",
                         help="leave reason_1..4 empty (about 20 times faster)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="scoring processes (default: one per CPU, at most 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -688,7 +663,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = score_csv(args.model or config.models_dir(), args.input, args.output,
                         chunksize=args.chunksize, progress=not args.no_progress,
-                        reasons=not args.no_reasons, workers=args.workers)
+                        reasons=not args.no_reasons)
     print(f"scored {summary['scored']:,} of {summary['rows']:,} rows in "
           f"{summary['seconds']:.2f} s ({summary['rows_per_second']:,.0f} rows/s) "
           f"-> {summary['output']}")

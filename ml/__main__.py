@@ -1,0 +1,45 @@
+"""Command line: ``python -m ml <command>``; each command lives in its stage's module.
+
+Modules are imported only for the command that runs, so ``--help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ml.artifact import ArtifactError
+from ml.data import DataError
+from ml.schema import SpecError
+
+COMMANDS = {
+    "spec": ("ml.draft", "draft a dataset spec for a new CSV, to review"),
+    "train": ("ml.train", "train, evaluate and write a model artifact"),
+    "score": ("ml.score", "score a portfolio CSV with a model artifact"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run one command, turn known failures into exit code 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m ml", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(command)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return importlib.import_module(COMMANDS[args.command][0]).run(args)
+    except (DataError, SpecError, ArtifactError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in tests
+    sys.exit(main())
