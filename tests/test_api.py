@@ -6,7 +6,6 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _tmp_model import trained_model_dir  # noqa: F401  TEMPORARY until conftest has it
 from app import create_app
 
 ERROR_KEYS = {"error", "message", "details"}

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 
-from _tmp_model import trained_model_dir  # noqa: F401  TEMPORARY until conftest has it
 from app import create_app, services
 from app.config import SETTINGS, load_config
 from app.errors import APIError

@@ -9,7 +9,6 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
-from _tmp_model import trained_model_dir  # noqa: F401  TEMPORARY until conftest has it
 from app import create_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _tmp_model import trained_model_dir  # noqa: F401  TEMPORARY until conftest has it
 
 pytestmark = pytest.mark.slow
 

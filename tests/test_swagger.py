@@ -8,7 +8,6 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from _tmp_model import trained_model_dir  # noqa: F401  TEMPORARY until conftest has it
 from app import create_app
 from ml.schema import CATEGORICAL, validate_record
 
