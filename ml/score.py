@@ -207,10 +207,10 @@ class _Chunker:
         problem, the record's text) so the caller can number them in the file.
         """
         fields = _tokenize(block, len(self.header))
-        grouped = _group_cells(fields, self.positions) if fields is not None else None
-        if grouped is None:
+        converted = self._convert_fast(fields) if fields is not None else None
+        if converted is None:
             return self._score_slow(block)
-        raw, problems = self._resolve(fields, *grouped)
+        raw, problems = converted
         bad = np.flatnonzero(problems.any(axis=1)) if problems.size else np.zeros(0, int)
         errors = [(int(i), fields.line_of(int(i)), self._problem_text(problems[i]),
                    fields.record(int(i))) for i in bad]
@@ -262,22 +262,42 @@ class _Chunker:
         return _BlockResult(out.getvalue().encode(), errors, len(records), len(good_rows),
                             _count(block, _NEWLINE))
 
-    def _resolve(self, fields: "_Fields", codes: np.ndarray,
-                 pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw matrix and problem codes of a grouped chunk (see :func:`_group_cells`)."""
+    def _convert_fast(self, fields: "_Fields") -> tuple[np.ndarray, np.ndarray] | None:
+        """Raw matrix and problem codes of a tokenised chunk; ``None`` on a hash collision.
+
+        Columns are grouped in batches of similar width (cells of up to 8, 32 and more
+        bytes), so short columns are not hashed as many words as the longest one.
+        """
         n = fields.n
-        values = np.empty(len(pick))
-        problems = np.empty(len(pick), dtype=np.int8)
-        column = pick // n if n else pick
-        order = np.argsort(column, kind="stable")
-        bounds = np.searchsorted(column[order], np.arange(len(self.caches) + 1))
-        for c, (cache, j) in enumerate(zip(self.caches, self.positions)):
-            groups = order[bounds[c]:bounds[c + 1]]
-            rows = pick[groups] - c * n
-            starts = fields.column_starts[j][rows]
-            stops = starts + fields.column_lengths[j][rows]
-            values[groups], problems[groups] = cache.lookup(fields.block, starts, stops)
-        return values[codes].T, problems[codes].T
+        raw = np.empty((n, len(self.features)))
+        problems = np.empty((n, len(self.features)), dtype=np.int8)
+        if n == 0:
+            return raw, problems
+        words = (fields.column_lengths[self.positions].max(axis=1) + 7) // 8
+        for batch in (words <= 1, (words > 1) & (words <= 4), words > 4):
+            features = np.flatnonzero(batch)
+            if not len(features):
+                continue
+            positions = [self.positions[f] for f in features]
+            grouped = _group_cells(fields, positions)
+            if grouped is None:
+                return None
+            codes, pick = grouped
+            values = np.empty(len(pick))
+            codes_of = np.empty(len(pick), dtype=np.int8)
+            column = pick // n
+            order = np.argsort(column, kind="stable")
+            bounds = np.searchsorted(column[order], np.arange(len(features) + 1))
+            for c, (f, j) in enumerate(zip(features, positions)):
+                groups = order[bounds[c]:bounds[c + 1]]
+                rows = pick[groups] - c * n
+                starts = fields.column_starts[j][rows]
+                stops = starts + fields.column_lengths[j][rows]
+                values[groups], codes_of[groups] = self.caches[f].lookup(fields.block,
+                                                                         starts, stops)
+            raw[:, features] = values[codes].T
+            problems[:, features] = codes_of[codes].T
+        return raw, problems
 
     def _convert(self, columns: list[_Column]) -> tuple[np.ndarray, np.ndarray]:
         """Raw matrix (fast-path layout) and the (row, feature) problem codes."""
