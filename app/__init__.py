@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from app import api, errors, logs, metrics, model, swagger
+from app import api, errors, logs, metrics, model, monitoring, swagger, web
 from app.config import load_config
 
 
@@ -33,5 +33,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     model.init_app(app)
     metrics.init_app(app)
     app.register_blueprint(api.bp)
+    monitoring.init_app(app)  # prediction store, POST /feedback, GET /monitoring
+    web.init_app(app)  # the HTML form at /
     swagger.init_app(app)
     return app
