@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,9 @@ class Feature:
         """The header of this feature in the source CSV."""
         return self.column or self.name
 
-    @property
+    @cached_property
     def codes(self) -> tuple[str, ...]:
-        """Allowed category codes, in spec order."""
+        """Allowed category codes, in spec order (cached: validation reads it per request)."""
         return tuple(c.code for c in self.categories)
 
     def category_label(self, code: str) -> str:
@@ -265,7 +266,11 @@ def check_value(feature: Feature, value: Any) -> str | None:
     # bool is a subclass of int: a JSON true must not pass for 1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "must be a number"
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float, e.g. 10**400
+        finite = False
+    if not finite:
         return "must be a finite number"
     if feature.integer and value != int(value):
         return "must be a whole number"
