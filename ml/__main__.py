@@ -17,6 +17,9 @@ COMMANDS = {
     "spec": ("ml.draft", "draft a dataset spec for a new CSV, to review"),
     "train": ("ml.train", "train, evaluate and write a model artifact"),
     "score": ("ml.score", "score a portfolio CSV with a model artifact"),
+    "card": ("ml.report", "write the model card (Markdown and plots) for the docs"),
+    "monitor": ("ml.monitor", "drift and outcome report of the prediction store"),
+    "retrain": ("ml.retrain", "train a challenger with fed-back outcomes; promote if better"),
 }
 
 
