@@ -421,6 +421,43 @@ def plot_bad_rates(table: pd.DataFrame, title: str, ax: Any = None) -> Any:
     return ax
 
 
+def plot_numeric_distributions(frame: pd.DataFrame, y: np.ndarray, spec: DatasetSpec,
+                               columns: int = 3) -> Any:
+    """Histograms of each numeric feature, good and bad applicants overlaid; the figure."""
+    import matplotlib.pyplot as plt
+
+    features = spec.numeric
+    rows = -(-len(features) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    y = np.asarray(y)
+    for ax, f in zip(axes.flat, features):
+        values = frame[f.name]
+        bins = np.histogram_bin_edges(values.dropna(), bins=20)
+        for label, mask in (("good", y == 0), ("bad", y == 1)):
+            ax.hist(values[mask].dropna(), bins=bins, alpha=0.6, density=True, label=label)
+        ax.set_title(f"{f.label}" + (f" ({f.unit})" if f.unit else ""), fontsize=10)
+    for ax in list(axes.flat)[len(features):]:
+        ax.set_visible(False)
+    axes.flat[0].legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_correlations(matrix: pd.DataFrame, ax: Any = None) -> Any:
+    """A correlation matrix (e.g. :func:`correlations`) as an annotated heat map."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 6))[1]
+    image = ax.imshow(matrix.to_numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(matrix)), matrix.columns, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(matrix)), matrix.index, fontsize=8)
+    for i in range(len(matrix)):
+        for j in range(len(matrix)):
+            ax.text(j, i, f"{matrix.iat[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.figure.colorbar(image, ax=ax)
+    return ax
+
+
 def plot_roc_curves(y: np.ndarray, predictions: dict[str, np.ndarray], ax: Any = None) -> Any:
     """ROC curves of several candidates on one axes."""
     import matplotlib.pyplot as plt
