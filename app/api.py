@@ -33,8 +33,11 @@ def ready() -> Response:
     state = get_state()
     if not state.ready:
         return error_response(503, f"The model is not ready: {state.error}")
+    # Dependencies such as the prediction store report their state; they inform,
+    # they do not fail readiness (a store outage must not stop predictions).
+    extra = {name: check() for name, check in current_app.extensions.get("readiness", {}).items()}
     return _json({"status": "ready", "model": {"name": state.predictor.name,
-                                               "version": state.predictor.version}})
+                                               "version": state.predictor.version}, **extra})
 
 
 @bp.get("/model")

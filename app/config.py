@@ -53,6 +53,15 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
     "LOG_FEATURES": (False, parse_bool, "Also log the applicants' feature values "
                                         "(personal data: off by default)"),
     "MAX_REASONS": (4, _positive_int, "Most reason codes returned per applicant"),
+    "DATABASE_URL": (None, str, "SQLAlchemy URL of the prediction store, e.g. "
+                               "postgresql+psycopg://user:pw@host:5432/db (default: "
+                               "sqlite:///<temp dir>/predictions.db)"),
+    "STORE_RETRY_SECONDS": (5, _positive_int, "After a store failure, seconds before it is "
+                                              "tried again (predictions go on meanwhile)"),
+    "MONITORING_LAST": (5000, _positive_int, "Predictions GET /monitoring looks at when "
+                                             "neither last nor days is given"),
+    "MONITORING_MAX_ROWS": (100000, _positive_int, "Most predictions one GET /monitoring "
+                                                   "reads (the newest of its window)"),
 }
 
 

@@ -17,7 +17,10 @@ ERROR_STATUSES = {
     400: "The request is invalid: malformed JSON (NaN and Infinity included), not an "
          "object, or applicants with missing, unknown, mistyped or out-of-range fields. "
          "`details` lists every problem at once; values are never echoed back.",
-    404: "No such route.",
+    404: "No such route; for POST /feedback: no stored prediction has this request_id "
+         "and index.",
+    409: "POST /feedback: the prediction already has a different outcome (outcomes are "
+         "never overwritten).",
     405: "The route exists but not for this method; the `Allow` header lists the methods.",
     413: "The request body is larger than `MAX_CONTENT_LENGTH` bytes.",
     415: "The request body is not `application/json`.",
@@ -220,8 +223,86 @@ def paths(max_batch: int, example: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def monitoring_paths(max_rows: int) -> dict[str, Any]:
+    """``POST /feedback`` and ``GET /monitoring`` (app.monitoring)."""
+    return {
+        "/feedback": {"post": {
+            "operationId": "feedback", "tags": ["monitoring"],
+            "summary": "Record the observed outcome of a stored prediction (idempotent)",
+            "description": "The same outcome again answers 200 with status `unchanged`; a "
+                           "different outcome for a labelled prediction answers 409.",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": REF + "Feedback"}}}},
+            "responses": {"200": _json("FeedbackResponse", "The outcome is recorded."),
+                          **_errors(400, 404, 409, 413, 415, 503)}}},
+        "/monitoring": {"get": {
+            "operationId": "monitoring", "tags": ["monitoring"],
+            "summary": "Drift (PSI/CSI vs the training reference), decision mix and "
+                       "performance on labelled outcomes of stored predictions",
+            "description": "The window is the newest `last` predictions, of the last `days` "
+                           "days when given. Also updates the `credit_api_psi`, "
+                           "`credit_api_score_psi` and `credit_api_outcome_metric` gauges.",
+            "parameters": [
+                {"name": "last", "in": "query", "required": False,
+                 "description": "The newest N predictions (default MONITORING_LAST).",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": max_rows}},
+                {"name": "days", "in": "query", "required": False,
+                 "description": "Only predictions of the last D days.",
+                 "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                            "maximum": 3660}},
+            ],
+            "responses": {"200": _json("MonitoringReport", "The report."),
+                          **_errors(400, 503)}}},
+    }
+
+
+def monitoring_schemas(card: dict[str, Any]) -> dict[str, Any]:
+    """Schemas of the feedback request and answer and of the monitoring report."""
+    target = (card.get("spec") or {}).get("target") or {}
+    outcomes = [v for v in (target.get("negative"), target.get("positive")) if v]
+    outcome: dict[str, Any] = {"type": "string", "description": "What happened: the spec's "
+                               "target values (negative = repaid, positive = defaulted)."}
+    if outcomes:
+        outcome["enum"] = outcomes
+    request_id = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+                  "description": "The `request_id` the prediction answered."}
+    index = {"type": "integer", "minimum": 0, "maximum": 999999, "default": 0,
+             "description": "Position of the applicant in a batch (0 for one applicant)."}
+    return {
+        "Feedback": {"type": "object", "required": ["request_id", "outcome"],
+                     "additionalProperties": False,
+                     "properties": {"request_id": request_id, "outcome": outcome,
+                                    "index": index},
+                     "example": {"request_id": "3f2c9a", "outcome": outcomes[0] if outcomes
+                                 else "good", "index": 0}},
+        "FeedbackResponse": {"type": "object",
+                             "required": ["request_id", "index", "outcome", "status"],
+                             "properties": {"request_id": {"type": "string"},
+                                            "index": {"type": "integer"},
+                                            "outcome": {"type": "string"},
+                                            "status": {"type": "string",
+                                                       "enum": ["created", "unchanged"]}}},
+        "MonitoringReport": {
+            "type": "object", "required": ["model", "window", "drift", "decisions", "outcomes"],
+            "properties": {
+                "model": {"$ref": REF + "ModelRef"},
+                "window": {"type": "object", "required": ["rows"],
+                           "properties": {"rows": {"type": "integer"}}},
+                "drift": {"type": "object", "nullable": True,
+                          "description": "`score` and `features` entries: psi, band "
+                                         "(stable < 0.10 <= watch <= 0.25 < act), expected "
+                                         "and actual bin shares; null without predictions."},
+                "decisions": {"type": "object"},
+                "outcomes": {"type": "object", "description": "Labelled counts and, with "
+                             "both classes, roc_auc, ks, bad_rate_among_approved, "
+                             "confusion_matrix, expected_cost."},
+            }},
+    }
+
+
 def build_openapi(spec: DatasetSpec | None, card: dict[str, Any] | None,
-                  max_batch: int, max_reasons: int = 4) -> dict[str, Any]:
+                  max_batch: int, max_reasons: int = 4,
+                  max_monitoring_rows: int = 100000) -> dict[str, Any]:
     """The whole OpenAPI 3.0 document for a model (or a stub when none is loaded)."""
     card = card or {}
     if spec is not None:
@@ -242,7 +323,11 @@ def build_openapi(spec: DatasetSpec | None, card: dict[str, Any] | None,
         **envelope_schemas(),
         "Ready": {"type": "object", "required": ["status", "model"],
                   "properties": {"status": {"type": "string", "enum": ["ready"]},
-                                 "model": {"$ref": REF + "ModelRef"}}},
+                                 "model": {"$ref": REF + "ModelRef"},
+                                 "store": {"type": "string", "enum": ["ok", "unavailable"],
+                                           "description": "The prediction store; informs, "
+                                           "never fails readiness."}}},
+        **monitoring_schemas(card),
         "ModelCard": {"type": "object",
                       "required": ["name", "version", "created_at", "threshold"],
                       "description": "The artifact's model card as written at training."},
@@ -251,7 +336,7 @@ def build_openapi(spec: DatasetSpec | None, card: dict[str, Any] | None,
         "openapi": "3.0.3",
         "info": {"title": "Credit risk API", "version": _package_version(),
                  "description": _description(card)},
-        "paths": paths(max_batch, example),
+        "paths": {**paths(max_batch, example), **monitoring_paths(max_monitoring_rows)},
         "components": {
             "schemas": schemas,
             "responses": {f"Error{code}": _json("Error", text)

@@ -24,7 +24,8 @@ def init_app(app: Flask) -> None:
     document = build_openapi(
         predictor.spec if predictor else None,
         predictor.card if predictor else None,
-        max_batch=app.config["MAX_BATCH"], max_reasons=app.config["MAX_REASONS"])
+        max_batch=app.config["MAX_BATCH"], max_reasons=app.config["MAX_REASONS"],
+        max_monitoring_rows=app.config["MONITORING_MAX_ROWS"])
     config = {
         "headers": [],
         "specs": [{"endpoint": "apispec_1", "route": SPEC_ROUTE,

@@ -86,3 +86,27 @@ def build_reference(X: Any, spec: DatasetSpec, scores: np.ndarray) -> dict[str, 
     score = {"kind": "numeric", "edges": numeric_edges(np.asarray(scores, dtype=float))}
     score["proportions"] = proportions(scores, score)
     return {"features": features, "score": score, "rows": int(len(X))}
+
+
+def compare(reference: dict[str, Any], records: list[dict[str, Any]],
+            scores: Iterable[float]) -> dict[str, Any]:
+    """PSI of the score and CSI of every referenced feature of ``records``, with bands.
+
+    Args:
+        reference: the model card's ``reference`` (``features`` and ``score`` bins).
+        records: applicants as the API receives them (feature name → value).
+        scores: their predicted P(default), in the same order.
+
+    Returns:
+        ``{"score": entry, "features": {name: entry}}``, each entry holding ``psi``,
+        ``band`` and the ``expected`` and ``actual`` proportions per bin.
+    """
+    def entry(ref: dict[str, Any], values: Iterable[Any]) -> dict[str, Any]:
+        actual = proportions(values, ref)
+        value = psi(ref["proportions"], actual)
+        return {"psi": value, "band": band(value), "expected": list(ref["proportions"]),
+                "actual": actual}
+
+    features = {name: entry(ref, [r.get(name) for r in records])
+                for name, ref in reference["features"].items()}
+    return {"score": entry(reference["score"], list(scores)), "features": features}

@@ -62,7 +62,7 @@ def test_ready_names_the_loaded_model(client, app):
     response = client.get("/ready")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ready", "model": {
-        "name": predictor.name, "version": predictor.version}}
+        "name": predictor.name, "version": predictor.version}, "store": "ok"}
 
 
 def test_model_card_has_metrics_threshold_features_versions_and_date(client):

@@ -1,0 +1,237 @@
+"""POST /feedback and GET /monitoring: validation, idempotency, drift seen through the
+real /predict, outcome metrics and the Prometheus gauges."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import create_app
+from ml import monitor
+from ml.train import record_from_row
+
+SECRET = "987654321"
+ERROR_KEYS = {"error", "message", "details"}
+
+
+@pytest.fixture()
+def app(trained_model_dir, tmp_path):
+    return create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True,
+                       "DATABASE_URL": f"sqlite:///{tmp_path / 'predictions.db'}",
+                       "MAX_BATCH": 1000})
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture()
+def example(app):
+    return dict(app.extensions["credit_model"].predictor.card["example"])
+
+
+@pytest.fixture(scope="module")
+def applicants(dataset, spec):
+    """All 1,000 real applicants as API records: the very rows of the reference bins."""
+    return [record_from_row(row, spec) for _, row in dataset.X.iterrows()]
+
+
+def assert_error(response, status):
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == ERROR_KEYS
+    assert SECRET not in response.get_data(as_text=True)
+    return body
+
+
+def predict(client, body, request_id):
+    response = client.post("/predict?reasons=false", json=body,
+                           headers={"X-Request-ID": request_id})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def gauges(client, name):
+    text = client.get("/metrics").get_data(as_text=True)
+    return {tuple(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name}
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+def test_feedback_is_recorded_then_idempotent_and_never_overwritten(client, example):
+    predict(client, example, "req-1")
+    first = client.post("/feedback", json={"request_id": "req-1", "outcome": "bad"})
+    assert first.status_code == 200
+    assert first.get_json() == {"request_id": "req-1", "index": 0, "outcome": "bad",
+                                "status": "created"}
+    again = client.post("/feedback", json={"request_id": "req-1", "outcome": "bad"})
+    assert again.status_code == 200 and again.get_json()["status"] == "unchanged"
+    body = assert_error(client.post("/feedback", json={"request_id": "req-1",
+                                                       "outcome": "good"}), 409)
+    assert "different outcome" in body["message"]
+
+
+def test_feedback_labels_one_applicant_of_a_batch_by_index(client, app, example):
+    predict(client, {"instances": [example, example, example]}, "batch-1")
+    assert client.post("/feedback", json={"request_id": "batch-1", "index": 2,
+                                          "outcome": "good"}).status_code == 200
+    rows = app.extensions["prediction_store"].window()
+    assert [r["outcome"] for r in rows] == [None, None, "good"]
+
+
+@pytest.mark.parametrize("body", [
+    {"request_id": "never-seen", "outcome": "good"},
+    {"request_id": "batch-2", "index": 3, "outcome": "good"},
+], ids=["unknown-id", "index-beyond-the-batch"])
+def test_feedback_for_an_unknown_prediction_is_404(client, example, body):
+    predict(client, {"instances": [example, example]}, "batch-2")
+    assert_error(client.post("/feedback", json=body), 404)
+
+
+@pytest.mark.parametrize("body, fields", [
+    ({"outcome": "good"}, ["request_id"]),
+    ({"request_id": "r"}, ["outcome"]),
+    ({"request_id": "r", "outcome": SECRET}, ["outcome"]),
+    ({"request_id": "r", "outcome": "GOOD"}, ["outcome"]),
+    ({"request_id": int(SECRET), "outcome": "good"}, ["request_id"]),
+    ({"request_id": "has space", "outcome": "good"}, ["request_id"]),
+    ({"request_id": "x" * 129, "outcome": "good"}, ["request_id"]),
+    ({"request_id": "r", "outcome": "good", "index": -1}, ["index"]),
+    ({"request_id": "r", "outcome": "good", "index": 1.5}, ["index"]),
+    ({"request_id": "r", "outcome": "good", "index": True}, ["index"]),
+    ({"request_id": "r", "outcome": "good", SECRET: 1}, [SECRET]),
+    ({"request_id": None, "outcome": None, "index": "0"}, ["request_id", "outcome", "index"]),
+    ([], ["body"]),
+    ("bad", ["body"]),
+])
+def test_invalid_feedback_is_400_naming_each_field_without_echoing_values(client, body,
+                                                                          fields):
+    response = client.post("/feedback", json=body)
+    assert response.status_code == 400
+    details = response.get_json()["details"]
+    assert [d["field"] for d in details] == [f for f in fields if f != SECRET] + (
+        [SECRET] if SECRET in fields else [])
+    assert set(response.get_json()) == ERROR_KEYS
+    if SECRET not in fields:
+        assert SECRET not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("data, content_type, status", [
+    (b"", "application/json", 400),
+    (b"{not json", "application/json", 400),
+    (b'{"request_id": "r", "outcome": NaN}', "application/json", 400),
+    (b'{"request_id": "r", "outcome": "good"}', "text/plain", 415),
+])
+def test_feedback_rejects_bodies_that_are_not_json(client, data, content_type, status):
+    assert_error(client.post("/feedback", data=data, content_type=content_type), status)
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+@pytest.mark.parametrize("query", [
+    "last=0", "last=-3", "last=abc", "last=1.5", "last=100001", "days=0", "days=-1",
+    "days=nan", "days=inf", "days=x", "days=4000", "since=3", f"last={SECRET}{SECRET}",
+])
+def test_monitoring_rejects_bad_query_parameters(client, query):
+    body = assert_error(client.get(f"/monitoring?{query}"), 400)
+    assert body["details"]
+
+
+def test_monitoring_of_an_empty_store_says_so(client):
+    body = client.get("/monitoring").get_json()
+    assert body["window"]["rows"] == 0
+    assert body["drift"] is None and body["outcomes"]["metrics"] is None
+
+
+def test_shifted_credit_amounts_show_as_drift_on_that_feature_only(client, applicants, spec):
+    shifted = [{**a, "credit_amount": min(a["credit_amount"] * 3, 50000)} for a in applicants]
+    predict(client, {"instances": shifted}, "shifted")
+    body = client.get("/monitoring?last=1000").get_json()
+    features = body["drift"]["features"]
+    assert body["window"]["rows"] == 1000
+    assert features["credit_amount"]["psi"] > 0.25
+    assert features["credit_amount"]["band"] == "act"
+    assert body["summary"]["features_to_act_on"] == ["credit_amount"]
+    for name in spec.feature_names:
+        if name != "credit_amount":
+            assert features[name]["psi"] < 0.10, name
+            assert features[name]["band"] == "stable"
+    # The same figures are Prometheus gauges.
+    psi = gauges(client, "credit_api_psi")
+    assert psi[(("feature", "credit_amount"),)] == pytest.approx(features["credit_amount"]["psi"])
+    assert psi[(("feature", "duration_in_month"),)] < 0.10
+    assert gauges(client, "credit_api_score_psi")[()] == pytest.approx(
+        body["drift"]["score"]["psi"])
+
+
+def test_unshifted_real_applicants_are_stable_everywhere(client, applicants):
+    predict(client, {"instances": applicants}, "same")
+    body = client.get("/monitoring").get_json()
+    assert body["summary"]["features_to_act_on"] == []
+    assert body["summary"]["max_feature_psi"] < 0.10
+    assert body["decisions"]["approve"]["count"] + body["decisions"]["decline"]["count"] == 1000
+
+
+def test_outcome_metrics_match_the_evaluation_functions(client, applicants, dataset, app):
+    answer = predict(client, {"instances": applicants[:400]}, "labelled")
+    labels = ["bad" if y else "good" for y in dataset.y[:400]]
+    for i, outcome in enumerate(labels):
+        assert client.post("/feedback", json={"request_id": "labelled", "index": i,
+                                              "outcome": outcome}).status_code == 200
+    body = client.get("/monitoring?days=1").get_json()
+    metrics = body["outcomes"]["metrics"]
+    from sklearn.metrics import roc_auc_score
+    p = np.array([r["probability_of_default"] for r in answer["predictions"]])
+    y = dataset.y[:400]
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    threshold = app.extensions["credit_model"].predictor.threshold
+    approved = p < threshold
+    assert metrics["bad_rate_among_approved"] == pytest.approx(y[approved].mean())
+    matrix = metrics["confusion_matrix"]
+    assert sum(matrix["actual_bad"]) == y.sum() and sum(matrix["actual_good"]) == 400 - y.sum()
+    assert 0 < metrics["ks"] <= 1
+    assert body["outcomes"]["labelled"] == 400
+    assert gauges(client, "credit_api_outcome_metric")[(("metric", "roc_auc"),)] == \
+        pytest.approx(metrics["roc_auc"])
+
+
+def test_one_class_of_outcomes_reports_counts_without_ranking_metrics(client, example):
+    predict(client, example, "only-good")
+    client.post("/feedback", json={"request_id": "only-good", "outcome": "good"})
+    outcomes = client.get("/monitoring").get_json()["outcomes"]
+    assert outcomes["labelled"] == 1 and outcomes["good"] == 1
+    assert outcomes["metrics"] is None
+
+
+# --------------------------------------------------------------------------- batch job
+
+
+def test_monitor_job_writes_a_json_report_and_psi_plots(app, client, applicants, tmp_path,
+                                                        trained_model_dir):
+    from ml.__main__ import main
+
+    shifted = [{**a, "duration_in_month": 120} for a in applicants]
+    predict(client, {"instances": shifted}, "job")
+    out = tmp_path / "report"
+    code = main(["monitor", "--database-url", app.config["DATABASE_URL"], "--model",
+                 str(trained_model_dir), "--last", "1000", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "monitoring.json").read_text())
+    assert report["summary"]["features_to_act_on"] == ["duration_in_month"]
+    assert report["window"] == {**report["window"], "last": 1000, "rows": 1000}
+    for name in ("psi_features.png", "psi_score.png"):
+        assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_builder_is_pure_and_handles_no_rows(trained_model_dir):
+    from ml.artifact import read_card
+    report = monitor.build_report(read_card(trained_model_dir), [], {"last": 5})
+    assert report["window"]["rows"] == 0 and report["window"]["last"] == 5
+    assert monitor.save_plots(report, trained_model_dir / "unused") == []
