@@ -246,7 +246,9 @@ def readme_summary(card: dict[str, Any], card_link: str = "docs/model_card.md",
                    images: list[str] = ()) -> str:
     """The short model summary the README embeds between its model-card markers."""
     test, cv = card["metrics"]["test"], card["metrics"]["cv"]
-    text = (f"Model **{card['model']['family']}** ({card['model']['calibration']} calibration), "
+    calibration = card["model"]["calibration"]
+    how = "uncalibrated" if calibration == "none" else f"{calibration} calibration"
+    text = (f"Model **{card['model']['family']}** ({how}), "
             f"artifact `{card['version']}`, trained on {card['data']['rows']} applicants. "
             f"Full card: [{card_link}]({card_link}).\n\n"
             + metrics_table(test, cv))
