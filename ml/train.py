@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ml import config, drift, evaluate, tune
-from ml.artifact import library_versions, save_artifact
+from ml.artifact import library_versions, read_card, save_artifact
 from ml.data import Dataset, load_dataset, split
 from ml.pipeline import FAMILIES
 from ml.schema import CATEGORICAL, DatasetSpec
@@ -119,6 +119,7 @@ def train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
     card = build_card(spec, data, model, options, best, calibration, threshold["threshold"],
                       report, X_fit, oof, parts.X_test, p_test)
     directory = save_artifact(model, card, options.out)
+    card = read_card(directory)  # as written: completed with the pickle's SHA-256
     if options.plots:
         evaluate.save_plots(parts.y_test, p_test, threshold["threshold"], directory / "plots",
                             title="(test)")
