@@ -555,11 +555,11 @@ class Baseline:
         self.encoded = []
         for m in model.members:
             z = m.encoder.encode_records([record])[0]
-            # Row 0 swaps nothing; row 1 + j swaps in the columns of feature j.
-            mask = np.zeros((1 + len(model.features), len(z)), dtype=bool)
+            # mask[j]: the encoded columns of feature j (float32 transposed for counting)
+            mask = np.zeros((len(model.features), len(z)), dtype=bool)
             for j, name in enumerate(model.features):
-                mask[1 + j, m.encoder.columns_of(name)] = True
-            self.encoded.append((z, mask))
+                mask[j, m.encoder.columns_of(name)] = True
+            self.encoded.append((z, mask, mask.T.astype(np.float32)))
 
 
 class FastModel:
@@ -628,13 +628,22 @@ class FastModel:
         step = max(1, self.BLOCK_ROWS // width)
         parts = []
         for start in range(0, len(rows), step):
-            block = rows[start:start + step]
+            zs = [enc(rows[start:start + step]) for enc in encoders]
+            n = len(zs[0])
+            # Only features whose value differs from the baseline's need a what-if row;
+            # for the others the swap changes nothing and the answer is P(x) itself.
+            differ = np.zeros((n, len(self.features)), dtype=bool)
+            for z, (zb, _, columns) in zip(zs, baseline.encoded):
+                differ |= ((z != zb).astype(np.float32) @ columns) > 0
+            row, feature = np.nonzero(differ)
             probs = []
-            for m, enc, (zb, mask) in zip(self.members, encoders, baseline.encoded):
-                z = enc(block)
-                z = np.where(mask, zb, z[:, None, :]).reshape(-1, z.shape[1])
-                probs.append(m.proba(z))
-            parts.append(self._mean(probs).reshape(-1, width))
+            for m, z, (zb, mask, _) in zip(self.members, zs, baseline.encoded):
+                what_if = np.where(mask[feature], zb, z[row])
+                probs.append(m.proba(np.concatenate([z, what_if])))
+            p = self._mean(probs)
+            out = np.repeat(p[:n, None], width, axis=1)
+            out[row, 1 + feature] = p[n:]
+            parts.append(out)
         return np.concatenate(parts) if parts else np.zeros((0, width))
 
     def _mean(self, probs: list[np.ndarray]) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The predictor: one object, shared by the API and the batch scorer, that answers for a model.
 
 ``Predictor(artifact)`` compiles the artifact's sklearn model into the numpy fast path
-(:mod:`ml.fastpath`) once, checks it against sklearn on the card's reference rows, and
-from then on scores records or frames without pandas or sklearn in the loop.
+(:mod:`ml.fastpath`) once and checks it against sklearn on the card's reference rows;
+from then on records and frames are scored without pandas (and, short of batches of
+thousands of rows, without sklearn) in the loop.
 
 Each applicant gets:
 

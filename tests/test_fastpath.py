@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
@@ -13,7 +14,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
-from ml.config import DEFAULT_DATA, DEFAULT_SPEC
+from ml.config import DEFAULT_DATA
 from ml.data import load_dataset, read_raw
 from ml.fastpath import UnsupportedModelError, check_against, compile_model
 from ml.pipeline import build_pipeline
@@ -49,15 +50,17 @@ def records_of(X: pd.DataFrame, spec: DatasetSpec) -> list[dict]:
     return out
 
 
-@pytest.fixture(scope="module")
-def spec() -> DatasetSpec:
-    return DatasetSpec.load(DEFAULT_SPEC)
+@pytest.fixture(scope="module", autouse=True)
+def one_openmp_thread():
+    """HistGradientBoosting's OpenMP threads spin against other jobs on a busy 2-CPU box
+    (fits took 60 s instead of 1 s); one thread keeps the tests fast anywhere."""
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
 
 
 @pytest.fixture(scope="module")
-def full(spec):
-    data = load_dataset(DEFAULT_DATA, spec)
-    return data.X, data.y
+def full(dataset):
+    return dataset.X, dataset.y
 
 
 @pytest.fixture(scope="module")
@@ -83,22 +86,22 @@ def models(spec, full, blanked):
     """Every family × calibration, fitted on the full and on the blanked data (lazily)."""
     cache = {}
 
-    def get(family, calibration, dataset):
-        key = (family, calibration, dataset)
+    def get(family, calibration, variant):
+        key = (family, calibration, variant)
         if key not in cache:
-            X, y = full if dataset == "full" else blanked[:2]
+            X, y = full if variant == "full" else blanked[:2]
             cache[key] = fit(spec, X, y, family, calibration)
         return cache[key]
     return get
 
 
-@pytest.mark.parametrize("dataset", ["full", "blanked"])
+@pytest.mark.parametrize("variant", ["full", "blanked"])
 @pytest.mark.parametrize("calibration", CALIBRATIONS)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_matches_predict_proba_on_every_row(models, full, blanked, spec, family, calibration,
-                                            dataset):
-    X = full[0] if dataset == "full" else blanked[0]
-    model = models(family, calibration, dataset)
+                                            variant):
+    X = full[0] if variant == "full" else blanked[0]
+    model = models(family, calibration, variant)
     fast = compile_model(model)
     expected = model.predict_proba(X)[:, 1]
     from_frame = fast.predict_frame(X)

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 from ml.artifact import Artifact, ArtifactError, library_versions, save_artifact
-from ml.config import DEFAULT_DATA, DEFAULT_SPEC
+from ml.config import DEFAULT_DATA
 from ml.data import load_dataset, read_raw
 from ml.pipeline import build_pipeline
 from ml.predictor import MAX_REASONS, OUTPUT_COLUMNS, Predictor, records_to_frame
@@ -69,15 +70,17 @@ def make_predictor(model, X, spec, **overrides) -> Predictor:
                               spec=spec, path=Path(".")))
 
 
-@pytest.fixture(scope="module")
-def spec():
-    return DatasetSpec.load(DEFAULT_SPEC)
+@pytest.fixture(scope="module", autouse=True)
+def one_openmp_thread():
+    """HistGradientBoosting's OpenMP threads spin against other jobs on a busy 2-CPU box
+    (fits took 60 s instead of 1 s); one thread keeps the tests fast anywhere."""
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
 
 
 @pytest.fixture(scope="module")
-def data(spec):
-    d = load_dataset(DEFAULT_DATA, spec)
-    return d.X, d.y
+def data(dataset):
+    return dataset.X, dataset.y
 
 
 @pytest.fixture(scope="module")
@@ -362,17 +365,9 @@ def test_load_reads_a_saved_artifact(fitted, data, spec, tmp_path):
     predictor.self_test()
 
 
-@pytest.fixture
-def trained_dir(request):
-    try:
-        return request.getfixturevalue("trained_model_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the trained_model_dir fixture of tests/conftest.py")
-
-
 @pytest.mark.slow
-def test_the_trained_artifact_passes_and_matches_sklearn(trained_dir, data):
-    predictor = Predictor.load(trained_dir)
+def test_the_trained_artifact_passes_and_matches_sklearn(trained_model_dir, data):
+    predictor = Predictor.load(trained_model_dir)
     predictor.self_test()
     expected = predictor.artifact.model.predict_proba(data[0])[:, 1]
     got = predictor.predict_frame(data[0], reasons=False)["probability_of_default"]

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from threadpoolctl import threadpool_limits
 
 from ml.artifact import library_versions, save_artifact
-from ml.config import DEFAULT_DATA, DEFAULT_SPEC
+from ml.config import DEFAULT_DATA
 from ml.data import load_dataset, read_raw
 from ml.pipeline import build_pipeline
 from ml.predictor import OUTPUT_COLUMNS, Predictor
-from ml.schema import CATEGORICAL, DatasetSpec
+from ml.schema import CATEGORICAL
 from ml.score import main, score_csv
 
 GRADES = [{"grade": "A", "max_pd": 0.05}, {"grade": "B", "max_pd": 0.10},
@@ -21,9 +22,12 @@ GRADES = [{"grade": "A", "max_pd": 0.05}, {"grade": "B", "max_pd": 0.10},
           {"grade": "E", "max_pd": 0.50}, {"grade": "F", "max_pd": 1.0}]
 
 
-@pytest.fixture(scope="module")
-def spec():
-    return DatasetSpec.load(DEFAULT_SPEC)
+@pytest.fixture(scope="module", autouse=True)
+def one_openmp_thread():
+    """HistGradientBoosting's OpenMP threads spin against other jobs on a busy 2-CPU box
+    (fits took 60 s instead of 1 s); one thread keeps the tests fast anywhere."""
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
 
 
 @pytest.fixture(scope="module")
