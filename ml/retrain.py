@@ -50,7 +50,7 @@ def split_outcomes(X: pd.DataFrame, y: np.ndarray, holdout: float, seed: int
 
 def retrain(model_dir: Path, rows: list[dict[str, Any]], data_path: Path = config.DEFAULT_DATA,
             margin: float = DEFAULT_MARGIN, holdout: float = DEFAULT_HOLDOUT,
-            out: Path | None = None) -> dict[str, Any]:
+            out: Path | None = None, report_only: bool = False) -> dict[str, Any]:
     """Train a challenger, compare it with the champion, promote it if better by ``margin``.
 
     Args:
@@ -60,6 +60,8 @@ def retrain(model_dir: Path, rows: list[dict[str, Any]], data_path: Path = confi
         margin: how much lower the challenger's expected cost must be.
         holdout: share of the labelled outcomes held out for the comparison.
         out: where to save a promoted challenger (default: the champion's models dir).
+        report_only: decide and report, but never save (in-cluster runs: a promotion
+            goes through review and the image build).
 
     Returns:
         The report: rows used, both models' held-out metrics, the decision and why.
@@ -105,6 +107,10 @@ def retrain(model_dir: Path, rows: list[dict[str, Any]], data_path: Path = confi
         "expected_cost_gain": gain,
         "promoted": promote,
     }
+    if promote and report_only:
+        report["decision"] = (f"challenger better by {gain:.4f} (margin {margin}); not "
+                              "saved (--report-only): promote it through review")
+        return report
     if promote:
         directory = promote_challenger(challenger, card, spec, data, parts, X_new_fit,
                                        y_new_fit, scores["challenger"], report,
@@ -159,6 +165,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="expected-cost improvement per applicant needed to promote")
     parser.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT,
                         help="share of labelled outcomes held out for the comparison")
+    parser.add_argument("--report-only", action="store_true",
+                        help="compare and report, never save a new version")
     parser.add_argument("--report", type=Path, default=config.REPORTS_DIR / "retrain.json",
                         help="where to write the JSON report")
 
@@ -175,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     report = retrain(args.model or config.models_dir(), rows, args.data, args.margin,
-                     args.holdout)
+                     args.holdout, report_only=args.report_only)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(json.dumps({k: report[k] for k in ("decision", "promoted", "expected_cost_gain")}

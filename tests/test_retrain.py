@@ -79,3 +79,14 @@ def test_retrain_refuses_other_training_data(models, labelled_db, tmp_path):
     other.write_text(config.DEFAULT_DATA.read_text() + "\n")
     assert main(["retrain", "--database-url", labelled_db, "--model", str(models),
                  "--data", str(other), "--report", str(tmp_path / "r.json")]) == 2
+
+
+def test_report_only_decides_without_saving(models, labelled_db, tmp_path):
+    champion = (models / LATEST).read_text()
+    report_path = tmp_path / "r.json"
+    assert main(["retrain", "--database-url", labelled_db, "--model", str(models),
+                 "--margin", "-100", "--report-only", "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["promoted"] is True and "--report-only" in report["decision"]
+    assert "new_version" not in report
+    assert (models / LATEST).read_text() == champion
