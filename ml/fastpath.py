@@ -152,7 +152,8 @@ class _Encoder:
     All branches are merged into one numeric and one categorical block, so encoding is a
     fixed dozen numpy calls. One-hot columns come from a table indexed by
     ``(feature, raw value + 2)``; missing (-2 after NaN replacement) maps to the fill
-    value's column and unknown (-1) to a spare column past the end that is sliced off.
+    value's column and unknown (-1) to a spare column past the end, which no estimator
+    reads (``handle_unknown="ignore"``: all zeros where it counts).
     """
 
     def __init__(self, ct: Any):
