@@ -30,7 +30,7 @@ still descending); there is no Python loop per tree or per row. That is what a r
 needs (one record, or one record and its what-if rows for reason codes). For large
 batches (:data:`LARGE_BATCH` rows or more, i.e. the batch scorer) the encoded matrix
 goes to the fitted estimator's own compiled ``predict_proba`` / ``decision_function``
-instead, which is exact by definition and faster per row there.
+instead (random forests only), which is exact by definition and faster per row there.
 
 Inputs come in a *raw* matrix, one float64 column per model input feature in
 :attr:`FastModel.features` order: numbers as they are (NaN = missing); categories as
@@ -63,10 +63,10 @@ UNKNOWN = -1.0
 """Raw value of a category code the encoder has never heard of (one-hot row of zeros)."""
 
 LARGE_BATCH = 2048
-"""From this many encoded rows on, tree ensembles are walked by sklearn's own compiled
-code on the encoded matrix (still no pandas): its fixed cost, up to ~30 ms for a
-forest's joblib dispatch, is then repaid, and its per-row cost is 2-3x lower than the
-numpy walk's. Below it, the numpy walk wins by far (measured on the trained forest)."""
+"""From this many encoded rows on, random forests are walked by sklearn's own compiled
+code on the encoded matrix (still no pandas): its fixed cost, up to ~30 ms for the
+joblib dispatch, is then repaid, and its per-row cost is 2-3x lower than the numpy
+walk's. Below it, the numpy walk wins by far (measured on the trained forest)."""
 
 
 class UnsupportedModelError(ArtifactError):
@@ -449,11 +449,10 @@ class _Boosting:
                           "value": nodes["value"].astype(np.float64)})
         _require(bool(trees), "boosting has no trees")
         self.bank = _TreeBank(trees, n_in, float32=False)
-        self.sklearn, self.n_in = est, n_in
 
     def decision(self, z: np.ndarray) -> np.ndarray:
-        if len(z) >= LARGE_BATCH:
-            return self.sklearn.decision_function(z[:, :self.n_in])
+        # Always the numpy walk: sklearn's OpenMP prediction is only as fast single-
+        # threaded, and with all threads it thrashes (3x slower) on a busy machine.
         return self.baseline + self.bank.leaf_values(z).sum(axis=0)
 
     def proba(self, z: np.ndarray) -> np.ndarray:

@@ -264,7 +264,7 @@ def test_ensemble_calibration_averages_its_classifiers(spec, full):
 
 
 @pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting"])
-def test_large_batches_go_through_sklearns_trees_with_the_same_result(models, full, family):
+def test_large_batches_give_the_same_result(models, full, family):
     from ml.fastpath import LARGE_BATCH
     model = models(family, "sigmoid", "full")
     frame = full[0].sample(LARGE_BATCH + 10, replace=True, random_state=1)
