@@ -54,8 +54,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
                                         "(personal data: off by default)"),
     "MAX_REASONS": (4, _positive_int, "Most reason codes returned per applicant"),
     "DATABASE_URL": (None, str, "SQLAlchemy URL of the prediction store, e.g. "
-                               "postgresql+psycopg://user:pw@host:5432/db (default: "
-                               "sqlite:///<temp dir>/predictions.db)"),
+                                "postgresql+psycopg://user:pw@host:5432/db (default: "
+                                "sqlite:///<temp dir>/predictions.db)"),
     "STORE_RETRY_SECONDS": (5, _positive_int, "After a store failure, seconds before it is "
                                               "tried again (predictions go on meanwhile)"),
     "MONITORING_LAST": (5000, _positive_int, "Predictions GET /monitoring looks at when "

@@ -123,8 +123,8 @@ def test_a_forked_process_gets_its_own_engine(tmp_path, example):
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit code
         try:
-            ok = store.engine() is not parent and store.save("child", [example], [result],
-                                                              "m", "v", False) == 1
+            ok = (store.engine() is not parent
+                  and store.save("child", [example], [result], "m", "v", False) == 1)
         finally:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
