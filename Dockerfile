@@ -53,6 +53,9 @@ LABEL org.opencontainers.image.title="credit-risk-api" \
 COPY --chown=1001:0 ml/ ml/
 COPY --chown=1001:0 app/ app/
 COPY --chown=1001:0 gunicorn.conf.py ./
+# The embedded data set (no other data): the retrain CronJob runs from this image and
+# refits on it plus the labelled outcomes in the prediction store.
+COPY --chown=1001:0 data/ data/
 COPY --from=trainer --chown=1001:0 /opt/app-root/src/models/ models/
 
 # Byte-compile now: the root filesystem is read-only at run time. Then make the group

@@ -4,12 +4,27 @@ Artifacts are trained once per session by the real trainer, into temporary folde
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ml import config
 from ml.data import load_dataset
 from ml.schema import DatasetSpec
 from ml.train import TrainOptions, train
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_prediction_store(tmp_path_factory):
+    """Point the default prediction store at a session temp file, not the shared /tmp one."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('store')}/predictions.db"
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    yield url
+    if previous is None:
+        os.environ.pop("DATABASE_URL", None)
+    else:
+        os.environ["DATABASE_URL"] = previous
 
 
 @pytest.fixture(scope="session")

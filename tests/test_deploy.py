@@ -196,7 +196,8 @@ def test_api_image_copies_only_what_serving_needs():
         words = [w for w in shlex.split(args) if not w.startswith("--")]
         for source in words[:-1]:
             sources.add(("trainer:" if "--from=trainer" in args else "") + source.rstrip("/"))
-    assert sources == {"ml", "app", "gunicorn.conf.py", "trainer:/opt/app-root/src/models"}
+    assert sources == {"ml", "app", "gunicorn.conf.py", "data",
+                       "trainer:/opt/app-root/src/models"}
     # requirements.txt reaches the api image through the shared deps stage it builds on.
     assert dockerfile_stages()["api"][0][1].startswith("deps ")
     assert "requirements.txt" in " ".join(instructions(dockerfile_stages()["deps"], "COPY"))
