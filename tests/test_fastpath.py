@@ -16,7 +16,7 @@ from sklearn.svm import SVC
 
 from ml.config import DEFAULT_DATA
 from ml.data import load_dataset, read_raw
-from ml.fastpath import UnsupportedModelError, check_against, compile_model
+from ml.fastpath import LARGE_BATCH, UnsupportedModelError, check_against, compile_model
 from ml.pipeline import build_pipeline
 from ml.schema import CATEGORICAL, DatasetSpec
 
@@ -106,8 +106,13 @@ def test_matches_predict_proba_on_every_row(models, full, blanked, spec, family,
     expected = model.predict_proba(X)[:, 1]
     from_frame = fast.predict_frame(X)
     from_records = fast.predict_records(records_of(X, spec))
+    # Smaller batches take the numpy tree walk (large forest batches use sklearn's).
+    step = LARGE_BATCH - 1
+    in_small_batches = np.concatenate([fast.predict_frame(X.iloc[i:i + step])
+                                       for i in range(0, len(X), step)])
     assert np.max(np.abs(from_frame - expected)) <= TOLERANCE
     assert np.max(np.abs(from_records - expected)) <= TOLERANCE
+    assert np.max(np.abs(in_small_batches - expected)) <= TOLERANCE
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -265,7 +270,6 @@ def test_ensemble_calibration_averages_its_classifiers(spec, full):
 
 @pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting"])
 def test_large_batches_give_the_same_result(models, full, family):
-    from ml.fastpath import LARGE_BATCH
     model = models(family, "sigmoid", "full")
     frame = full[0].sample(LARGE_BATCH + 10, replace=True, random_state=1)
     fast = compile_model(model)
