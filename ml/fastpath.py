@@ -545,9 +545,24 @@ class _Member:
         if self.calibrator is None:
             return self.estimator.proba(z)
         t = self.estimator.decision(z) if self.estimator.has_decision else self.estimator.proba(z)
+        return self.calibrated(t)
+
+    def calibrated(self, t: np.ndarray) -> np.ndarray:
         p = self.calibrator(t)
         p[(p > 1.0) & (p <= 1.0 + 1e-5)] = 1.0
         return p
+
+    def what_if_linear(self, z: np.ndarray, zb: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """A linear member's P(x) and P(x with each feature set to the baseline's).
+
+        No what-if rows are built: swapping feature j changes the decision by
+        ``sum((zb - z) * coef)`` over j's columns, one matrix product for all of them.
+        """
+        decision = self.estimator.decision(z)
+        shift = ((zb - z) * self.estimator.coef) @ columns
+        t = np.concatenate([decision[:, None], decision[:, None] + shift], axis=1)
+        return expit(t) if self.calibrator is None else self.calibrated(t.reshape(-1)).reshape(
+            t.shape)
 
 
 class Baseline:
@@ -566,7 +581,7 @@ class Baseline:
             mask = np.zeros((len(model.features), len(z)), dtype=bool)
             for j, name in enumerate(model.features):
                 mask[j, m.encoder.columns_of(name)] = True
-            self.encoded.append((z, mask, mask.T.astype(np.float32)))
+            self.encoded.append((z, mask, mask.T.astype(np.float32), mask.T.astype(np.float64)))
 
 
 class FastModel:
@@ -637,14 +652,19 @@ class FastModel:
         for start in range(0, len(rows), step):
             zs = [enc(rows[start:start + step]) for enc in encoders]
             n = len(zs[0])
+            if all(isinstance(m.estimator, _Linear) for m in self.members):
+                parts.append(self._mean([
+                    m.what_if_linear(z, zb, linear)
+                    for m, z, (zb, _, _, linear) in zip(self.members, zs, baseline.encoded)]))
+                continue
             # Only features whose value differs from the baseline's need a what-if row;
             # for the others the swap changes nothing and the answer is P(x) itself.
             differ = np.zeros((n, len(self.features)), dtype=bool)
-            for z, (zb, _, columns) in zip(zs, baseline.encoded):
+            for z, (zb, _, columns, _) in zip(zs, baseline.encoded):
                 differ |= ((z != zb).astype(np.float32) @ columns) > 0
             row, feature = np.nonzero(differ)
             probs = []
-            for m, z, (zb, mask, _) in zip(self.members, zs, baseline.encoded):
+            for m, z, (zb, mask, _, _) in zip(self.members, zs, baseline.encoded):
                 what_if = np.where(mask[feature], zb, z[row])
                 probs.append(m.proba(np.concatenate([z, what_if])))
             p = self._mean(probs)

@@ -161,9 +161,10 @@ def test_unknown_category_is_all_zeros_like_sklearn(models, full, spec, family):
                          - model.predict_proba(frame)[:, 1])) <= TOLERANCE
 
 
+@pytest.mark.parametrize("calibration", [None, "isotonic"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_baseline_rows_swap_exactly_one_feature(models, full, spec, family):
-    model = models(family, None, "full")
+def test_baseline_rows_swap_exactly_one_feature(models, full, spec, family, calibration):
+    model = models(family, calibration, "full")
     fast = compile_model(model)
     records = records_of(full[0].iloc[[3, 10]], spec)
     reference = records_of(full[0].iloc[[20]], spec)[0]
