@@ -165,8 +165,10 @@ def repeated_cv(model: Any, X: pd.DataFrame, y: np.ndarray, threshold: float,
         oof[test] = p
     return {"n_splits": n_splits, "n_repeats": n_repeats,
             "roc_auc_mean": float(aucs.mean()), "roc_auc_std": float(aucs.std(ddof=1)),
-            "expected_cost_mean": float(costs.mean()), "expected_cost_std": float(costs.std(ddof=1)),
-            "roc_auc_folds": aucs.round(6).tolist(), "expected_cost_folds": costs.round(6).tolist()}, oof
+            "expected_cost_mean": float(costs.mean()),
+            "expected_cost_std": float(costs.std(ddof=1)),
+            "roc_auc_folds": aucs.round(6).tolist(),
+            "expected_cost_folds": costs.round(6).tolist()}, oof
 
 
 def save_plots(y: np.ndarray, p: np.ndarray, threshold: float, out_dir: str | Path,
@@ -228,7 +230,8 @@ def summary(report: dict[str, Any]) -> str:
         f"      threshold {test['threshold']:.3f}: cost/applicant {test['expected_cost']:.3f} "
         f"(approve-all {test['expected_cost_approve_all']:.3f}, "
         f"reject-all {test['expected_cost_reject_all']:.3f}), approval rate "
-        f"{test['approval_rate']:.1%}, bad rate among approved {test['bad_rate_among_approved']:.1%}",
+        f"{test['approval_rate']:.1%}, bad rate among approved "
+        f"{test['bad_rate_among_approved']:.1%}",
         f"      macro F1 {test['macro']['f1']:.3f}  micro F1 {test['micro']['f1']:.3f}  "
         f"confusion good {test['confusion_matrix']['actual_good']} "
         f"bad {test['confusion_matrix']['actual_bad']}",
@@ -243,4 +246,3 @@ def summary(report: dict[str, Any]) -> str:
                      f"{'n/a' if ratio is None else f'{ratio:.2f}'}"
                      f"{'' if f['four_fifths_rule_met'] else '  (below four-fifths)'}")
     return "\n".join(lines)
-

@@ -66,7 +66,6 @@ class Stages:
         log.info("[%5.1fs] " + what, time.perf_counter() - self.start, *args)
 
 
-
 def train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
     """Run the whole training and write the artifact; returns its directory and card."""
     stages = Stages()
@@ -153,7 +152,8 @@ def build_card(spec: DatasetSpec, data: Dataset, model: Any, options: TrainOptio
         "cost": vars(spec.cost).copy(),
         "grades": list(GRADES),
         "metrics": {"test": report["test"], "cv": report["cv"], "fairness": report["fairness"]},
-        "reference": {**drift.build_reference(data.X, spec, oof), "baseline": baseline(X_fit, spec)},
+        "reference": {**drift.build_reference(data.X, spec, oof),
+                      "baseline": baseline(X_fit, spec)},
         "example": example,
         "self_test": {"record": example,
                       "probability_of_default": float(model.predict_proba(example_row)[0, 1])},

@@ -73,7 +73,8 @@ def test_bad_numbers_are_named(spec, value, problem):
     (None, "must not be null"),
 ])
 def test_bad_categories_are_named(spec, value, problem):
-    assert check_value(spec.feature("status_of_existing_checking_account"), value).startswith(problem)
+    feature = spec.feature("status_of_existing_checking_account")
+    assert check_value(feature, value).startswith(problem)
 
 
 def test_validate_record_lists_every_problem_without_echoing_values(spec):

@@ -26,7 +26,8 @@ def test_default_training_meets_the_quality_bars(full_training):
     # tried (see the closing note), so the floor guards against regressions above that.
     assert cv["expected_cost_mean"] <= 0.55
     test = card["metrics"]["test"]
-    assert test["expected_cost"] < test["expected_cost_reject_all"] < test["expected_cost_approve_all"]
+    assert (test["expected_cost"] < test["expected_cost_reject_all"]
+            < test["expected_cost_approve_all"])
     for plot in ("roc", "calibration", "confusion_matrix", "score_distribution"):
         assert (directory / "plots" / f"{plot}.png").stat().st_size > 5000
 
@@ -110,7 +111,8 @@ def test_another_credit_csv_with_missing_values_trains_without_code_change(tmp_p
                  "--protected", "personal_status_and_sex", "foreign_worker",
                  "--out", str(spec_path)]) == 0
     spec = DatasetSpec.load(spec_path)
-    assert spec.feature("amount_eur").nullable and spec.feature("amount_eur").column == "Amount (EUR)"
+    amount = spec.feature("amount_eur")
+    assert amount.nullable and amount.column == "Amount (EUR)"
     out = tmp_path / "models"
     assert main(["-q", "train", "--data", str(csv), "--spec", str(spec_path), "--out", str(out),
                  "--families", "logistic_regression", "hist_gradient_boosting",
