@@ -83,11 +83,23 @@ def make_engine(url: str) -> Engine:
     """An engine with short timeouts; SQLite gets a busy timeout for concurrent workers."""
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return sa.create_engine(url, connect_args={"timeout": 5})
+        engine = sa.create_engine(url, connect_args={"timeout": 5})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
     connect_args = ({"connect_timeout": CONNECT_TIMEOUT_SECONDS}
                     if parsed.get_backend_name() == "postgresql" else {})
     return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
                             pool_timeout=CONNECT_TIMEOUT_SECONDS, connect_args=connect_args)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets the workers write without blocking readers; NORMAL sync drops the fsync per
+    commit (a committed row survives a crashed process, though not a power cut: production
+    runs on PostgreSQL)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 class PredictionStore:
