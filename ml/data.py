@@ -6,7 +6,6 @@ spec's positive class, i.e. default).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from ml.artifact import sha256_of
 from ml.schema import CATEGORICAL, DatasetSpec, Feature
 
 MISSING_TOKENS = ("", "na", "n/a", "nan", "null", "?")
@@ -50,15 +50,6 @@ class Split:
     y_test: np.ndarray
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_raw(path: str | Path) -> pd.DataFrame:
     """Read a CSV with every column as text, so validation sees what the file says."""
     return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -68,7 +59,7 @@ def load_dataset(path: str | Path, spec: DatasetSpec) -> Dataset:
     """Read and validate a CSV against ``spec``; raises :class:`DataError` listing every problem."""
     raw = read_raw(path)
     X, y = validate_frame(raw, spec)
-    return Dataset(X=X, y=y, spec=spec, sha256=file_sha256(path), path=str(path))
+    return Dataset(X=X, y=y, spec=spec, sha256=sha256_of(path), path=str(path))
 
 
 def validate_frame(raw: pd.DataFrame, spec: DatasetSpec,

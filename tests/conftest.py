@@ -5,8 +5,11 @@ Artifacts are trained once per session by the real trainer, into temporary folde
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 
 import pytest
+from werkzeug.serving import make_server
 
 from ml import config
 from ml.data import load_dataset
@@ -52,3 +55,65 @@ def trained_model_dir(tmp_path_factory):
 def full_training(tmp_path_factory):
     """The default training run, all families and 5x5 CV: (artifact dir, card)."""
     return train(TrainOptions(out=tmp_path_factory.mktemp("full")))
+
+
+# ----------------------------------------------------------------------- app and browser
+# Modules define their own ``app`` (each with the settings it tests); these build on it.
+
+
+@pytest.fixture()
+def client(app):
+    """A test client of the module's app."""
+    return app.test_client()
+
+
+@pytest.fixture()
+def example(app):
+    """A fresh copy of the model card's sample applicant (valid; tests may change it)."""
+    return dict(app.extensions["credit_model"].predictor.card["example"])
+
+
+@pytest.fixture(scope="module")
+def live_url(app):
+    """The module's app on a real HTTP server on a free loopback port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(5)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def browser_or_skip(chromium: str = CHROMIUM, chromedriver: str = CHROMEDRIVER) -> None:
+    """Skip without a browser on a developer machine; fail in CI, which must run them."""
+    missing = [p for p in (chromium, chromedriver) if not os.path.exists(p)]
+    if missing:
+        message = f"headless Chromium is not installed ({', '.join(missing)} missing)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must run the browser test (make system-deps)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium through chromedriver, with a fresh profile and no background calls."""
+    browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=1280,1700",
+                 "--hide-scrollbars",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

@@ -18,16 +18,6 @@ def app(trained_model_dir):  # noqa: F811
                        "MAX_BATCH": 5, "MAX_CONTENT_LENGTH": 64 * 1024})
 
 
-@pytest.fixture()
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture(scope="module")
-def example(app):
-    return dict(app.extensions["credit_model"].predictor.card["example"])
-
-
 def assert_error(response, status):
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"

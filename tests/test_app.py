@@ -17,16 +17,6 @@ def app(trained_model_dir):  # noqa: F811
     return create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True})
 
 
-@pytest.fixture()
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture(scope="module")
-def example(app):
-    return dict(app.extensions["credit_model"].predictor.card["example"])
-
-
 def json_lines(text):
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 

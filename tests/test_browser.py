@@ -1,59 +1,17 @@
 """Headless Chromium opens the Swagger UI and runs "Try it out" on POST /predict."""
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-import threading
-
 import pytest
-from werkzeug.serving import make_server
 
 from app import create_app
+from conftest import browser_or_skip
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def _browser_or_skip():
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
-    if missing:
-        message = f"headless Chromium is not installed ({', '.join(missing)} missing)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must run the browser test (make system-deps)")
-        pytest.skip(message)
-
 
 @pytest.fixture(scope="module")
-def live_url(trained_model_dir):  # noqa: F811
-    app = create_app({"MODEL_DIR": str(trained_model_dir)})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    _browser_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1280,2000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+def app(trained_model_dir):
+    return create_app({"MODEL_DIR": str(trained_model_dir)})
 
 
 def test_try_it_out_on_predict_shows_200(browser, live_url):
@@ -91,10 +49,9 @@ def test_docs_page_loads_nothing_from_outside(browser, live_url):
 
 
 def test_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", "/nonexistent/chromium")
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI must run"):
-        _browser_or_skip()
+        browser_or_skip(chromium="/nonexistent/chromium")
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
-        _browser_or_skip()
+        browser_or_skip(chromium="/nonexistent/chromium")

@@ -23,16 +23,6 @@ def app(trained_model_dir, tmp_path):
                        "MAX_BATCH": 1000})
 
 
-@pytest.fixture()
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture()
-def example(app):
-    return dict(app.extensions["credit_model"].predictor.card["example"])
-
-
 @pytest.fixture(scope="module")
 def applicants(dataset, spec):
     """All 1,000 real applicants as API records: the very rows of the reference bins."""

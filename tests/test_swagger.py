@@ -18,13 +18,8 @@ def app(trained_model_dir):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture(scope="module")
-def document(client):
-    response = client.get("/apispec_1.json")
+def document(app):
+    response = app.test_client().get("/apispec_1.json")
     assert response.status_code == 200
     return response.get_json()
 

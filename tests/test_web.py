@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
-import threading
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
 from app import create_app, services, web
 from ml.config import PROJECT_ROOT
@@ -23,11 +20,6 @@ SCREENSHOT = PROJECT_ROOT / "docs" / "img" / "form.png"
 @pytest.fixture(scope="module")
 def app(trained_model_dir):  # noqa: F811
     return create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True})
-
-
-@pytest.fixture()
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture(scope="module")
@@ -248,49 +240,6 @@ def test_without_a_model_the_form_answers_a_503_page(tmp_path, example_form):
 
 # --------------------------------------------------------------------------- Chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def _browser_or_skip():
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
-    if missing:
-        message = f"headless Chromium is not installed ({', '.join(missing)} missing)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must run the browser test (make system-deps)")
-        pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def live_url(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    _browser_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1280,1700",
-                 "--hide-scrollbars",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-
-
 def _fill(browser, field_id, text):
     from selenium.webdriver.common.by import By
 
@@ -365,13 +314,3 @@ def test_browser_shows_the_message_next_to_the_invalid_field(browser, live_url):
     assert browser.find_elements(By.ID, "result") == []
     summary = browser.find_element(By.ID, "error-summary")
     assert "Please correct 1 field" in summary.text
-
-
-def test_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", "/nonexistent/chromium")
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI must run"):
-        _browser_or_skip()
-    monkeypatch.delenv("CI")
-    with pytest.raises(pytest.skip.Exception):
-        _browser_or_skip()
