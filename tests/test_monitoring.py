@@ -225,3 +225,14 @@ def test_report_builder_is_pure_and_handles_no_rows(trained_model_dir):
     report = monitor.build_report(read_card(trained_model_dir), [], {"last": 5})
     assert report["window"]["rows"] == 0 and report["window"]["last"] == 5
     assert monitor.save_plots(report, trained_model_dir / "unused") == []
+
+
+def test_monitor_job_reports_an_unreachable_store_in_one_line(trained_model_dir, capsys):
+    from ml.__main__ import main
+
+    code = main(["monitor", "--database-url", "postgresql+psycopg://u:p@127.0.0.1:1/x",
+                 "--model", str(trained_model_dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: the prediction store is unavailable")
+    assert "Traceback" not in err and ":p@" not in err
