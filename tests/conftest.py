@@ -9,6 +9,7 @@ import shutil
 import threading
 
 import pytest
+from threadpoolctl import threadpool_limits
 from werkzeug.serving import make_server
 
 from ml import config
@@ -28,6 +29,14 @@ def private_prediction_store(tmp_path_factory):
         os.environ.pop("DATABASE_URL", None)
     else:
         os.environ["DATABASE_URL"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_openmp_thread():
+    """HistGradientBoosting's OpenMP threads spin against other jobs on a busy 2-CPU box
+    (fits took 60 s instead of 1 s); one thread keeps the tests fast anywhere."""
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from threadpoolctl import threadpool_limits
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
@@ -48,14 +47,6 @@ def records_of(X: pd.DataFrame, spec: DatasetSpec) -> list[dict]:
                            (int(v) if isinstance(v, float) and v.is_integer() else v))
                     for name, v in zip(spec.feature_names, row)})
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_openmp_thread():
-    """HistGradientBoosting's OpenMP threads spin against other jobs on a busy 2-CPU box
-    (fits took 60 s instead of 1 s); one thread keeps the tests fast anywhere."""
-    with threadpool_limits(limits=1, user_api="openmp"):
-        yield
 
 
 @pytest.fixture(scope="module")

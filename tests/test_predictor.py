@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from threadpoolctl import threadpool_limits
 
 from ml.artifact import Artifact, ArtifactError, library_versions, save_artifact
 from ml.config import DEFAULT_DATA
@@ -68,14 +67,6 @@ def make_card(model, X: pd.DataFrame, spec: DatasetSpec, **overrides) -> dict:
 def make_predictor(model, X, spec, **overrides) -> Predictor:
     return Predictor(Artifact(model=model, card=make_card(model, X, spec, **overrides),
                               spec=spec, path=Path(".")))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_openmp_thread():
-    """HistGradientBoosting's OpenMP threads spin against other jobs on a busy 2-CPU box
-    (fits took 60 s instead of 1 s); one thread keeps the tests fast anywhere."""
-    with threadpool_limits(limits=1, user_api="openmp"):
-        yield
 
 
 @pytest.fixture(scope="module")

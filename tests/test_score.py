@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from threadpoolctl import threadpool_limits
 
 from ml.artifact import library_versions, save_artifact
 from ml.config import DEFAULT_DATA
@@ -20,14 +19,6 @@ from ml.score import main, score_csv
 GRADES = [{"grade": "A", "max_pd": 0.05}, {"grade": "B", "max_pd": 0.10},
           {"grade": "C", "max_pd": 0.20}, {"grade": "D", "max_pd": 0.35},
           {"grade": "E", "max_pd": 0.50}, {"grade": "F", "max_pd": 1.0}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_openmp_thread():
-    """HistGradientBoosting's OpenMP threads spin against other jobs on a busy 2-CPU box
-    (fits took 60 s instead of 1 s); one thread keeps the tests fast anywhere."""
-    with threadpool_limits(limits=1, user_api="openmp"):
-        yield
 
 
 @pytest.fixture(scope="module")
