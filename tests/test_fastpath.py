@@ -18,6 +18,7 @@ from ml.data import load_dataset, read_raw
 from ml.fastpath import LARGE_BATCH, UnsupportedModelError, check_against, compile_model
 from ml.pipeline import build_pipeline
 from ml.schema import CATEGORICAL, DatasetSpec
+from ml.train import record_from_row
 
 TOLERANCE = 1e-9
 # Small but representative settings: the whole file must stay fast on 2 cores.
@@ -40,13 +41,8 @@ def fit(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray, family: str,
 
 
 def records_of(X: pd.DataFrame, spec: DatasetSpec) -> list[dict]:
-    """API-style records (None for missing) of a validated frame."""
-    out = []
-    for row in X[spec.feature_names].itertuples(index=False):
-        out.append({name: (None if isinstance(v, float) and np.isnan(v) else
-                           (int(v) if isinstance(v, float) and v.is_integer() else v))
-                    for name, v in zip(spec.feature_names, row)})
-    return out
+    """API-style records (None for missing) of a validated frame, as the trainer writes them."""
+    return [record_from_row(row, spec) for _, row in X.iterrows()]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from ml.config import DEFAULT_DATA
 from ml.data import load_dataset, read_raw
 from ml.pipeline import build_pipeline
 from ml.predictor import MAX_REASONS, OUTPUT_COLUMNS, Predictor, records_to_frame
-from ml.schema import CATEGORICAL, DatasetSpec
+from ml.schema import DatasetSpec
+from ml.train import baseline, record_from_row
 
 GRADES = [{"grade": "A", "max_pd": 0.05, "label": "very low risk"},
           {"grade": "B", "max_pd": 0.10, "label": "low risk"},
@@ -27,37 +28,11 @@ SMALL = {"logistic_regression": {"model__C": 0.3},
 FAMILIES = list(SMALL)
 
 
-def record_of(row: pd.Series, spec: DatasetSpec) -> dict:
-    """An API record from a validated row (as the trainer writes the card's)."""
-    out = {}
-    for f in spec.features:
-        v = row[f.name]
-        if not isinstance(v, str) and pd.isna(v):
-            out[f.name] = None
-        elif f.kind == CATEGORICAL:
-            out[f.name] = str(v)
-        else:
-            out[f.name] = int(v) if f.integer else float(v)
-    return out
-
-
-def typical(X: pd.DataFrame, spec: DatasetSpec) -> dict:
-    """Median number, most frequent category: the card's reference baseline."""
-    out = {}
-    for f in spec.features:
-        column = X[f.name].dropna()
-        if f.kind == CATEGORICAL:
-            out[f.name] = str(column.mode().iloc[0])
-        else:
-            out[f.name] = int(round(float(column.median())))
-    return out
-
-
 def make_card(model, X: pd.DataFrame, spec: DatasetSpec, **overrides) -> dict:
-    example = record_of(X.iloc[7], spec)
+    example = record_from_row(X.iloc[7], spec)
     card = {"name": spec.name, "version": "test-1", "threshold": 0.3, "grades": GRADES,
             "spec": spec.to_dict(), "libraries": library_versions(),
-            "reference": {"baseline": typical(X, spec)}, "example": example,
+            "reference": {"baseline": baseline(X, spec)}, "example": example,
             "self_test": {"record": example, "probability_of_default":
                           float(model.predict_proba(X.iloc[[7]])[0, 1])}}
     card.update(overrides)
@@ -106,7 +81,7 @@ def predictor(predictors):
 
 
 def test_answers_probability_decision_grade_and_reasons(predictor, data, spec):
-    record = record_of(data[0].iloc[1], spec)
+    record = record_from_row(data[0].iloc[1], spec)
     (result,) = predictor.predict([record])
     assert set(result) == {"probability_of_default", "decision", "risk_grade", "reasons"}
     assert isinstance(result["probability_of_default"], float)
@@ -117,7 +92,7 @@ def test_answers_probability_decision_grade_and_reasons(predictor, data, spec):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_probability_is_the_models(predictors, fitted, data, spec, family):
     X = data[0].head(50)
-    results = predictors(family).predict([record_of(r, spec) for _, r in X.iterrows()])
+    results = predictors(family).predict([record_from_row(r, spec) for _, r in X.iterrows()])
     got = np.array([r["probability_of_default"] for r in results])
     assert np.max(np.abs(got - fitted(family).predict_proba(X)[:, 1])) <= 1e-9
 
@@ -127,7 +102,7 @@ def test_empty_batch_gives_empty_answer(predictor):
 
 
 def test_without_reasons_there_is_no_reasons_key_and_the_same_pd(predictor, data, spec):
-    records = [record_of(data[0].iloc[i], spec) for i in range(5)]
+    records = [record_from_row(data[0].iloc[i], spec) for i in range(5)]
     plain = predictor.predict(records, reasons=False)
     full = predictor.predict(records)
     assert all("reasons" not in r for r in plain)
@@ -141,7 +116,7 @@ def test_without_reasons_there_is_no_reasons_key_and_the_same_pd(predictor, data
 def test_decline_exactly_when_pd_reaches_the_threshold(fitted, data, spec, threshold):
     predictor = make_predictor(fitted("logistic_regression"), data[0], spec,
                                threshold=threshold)
-    results = predictor.predict([record_of(data[0].iloc[i], spec) for i in range(60)],
+    results = predictor.predict([record_from_row(data[0].iloc[i], spec) for i in range(60)],
                                 reasons=False)
     for r in results:
         expected = "decline" if r["probability_of_default"] >= threshold else "approve"
@@ -152,7 +127,7 @@ def test_pd_equal_to_the_threshold_is_declined(fitted, data, spec):
     model = fitted("logistic_regression")
     pd_value = float(model.predict_proba(data[0].iloc[[3]])[0, 1])
     predictor = make_predictor(model, data[0], spec, threshold=pd_value)
-    (result,) = predictor.predict([record_of(data[0].iloc[3], spec)], reasons=False)
+    (result,) = predictor.predict([record_from_row(data[0].iloc[3], spec)], reasons=False)
     assert result["decision"] == "decline"
 
 
@@ -174,7 +149,7 @@ def test_grades_never_improve_as_pd_rises(predictor):
 
 
 def test_answer_grade_is_the_grade_of_its_pd(predictor, data, spec):
-    for r in predictor.predict([record_of(data[0].iloc[i], spec) for i in range(40)],
+    for r in predictor.predict([record_from_row(data[0].iloc[i], spec) for i in range(40)],
                                reasons=False):
         assert r["risk_grade"] == predictor.grade(r["probability_of_default"])
 
@@ -219,7 +194,7 @@ def test_a_numeric_reason_shows_the_value_with_its_unit(predictor):
 def test_reasons_are_few_positive_largest_first_and_true(predictors, data, spec, family):
     predictor = predictors(family)
     baseline = predictor.card["reference"]["baseline"]
-    records = [record_of(data[0].iloc[i], spec) for i in range(0, 1000, 25)]
+    records = [record_from_row(data[0].iloc[i], spec) for i in range(0, 1000, 25)]
     for record, result in zip(records, predictor.predict(records)):
         impacts = [r["impact"] for r in result["reasons"]]
         assert len(impacts) <= MAX_REASONS
@@ -242,7 +217,7 @@ def test_predict_frame_agrees_with_predict(predictors, data, spec, family):
     frame = predictor.predict_frame(X)
     assert list(frame.columns) == list(OUTPUT_COLUMNS)
     assert frame.index.equals(X.index)
-    results = predictor.predict([record_of(r, spec) for _, r in X.iterrows()])
+    results = predictor.predict([record_from_row(r, spec) for _, r in X.iterrows()])
     assert np.max(np.abs(frame["probability_of_default"].to_numpy()
                          - [r["probability_of_default"] for r in results])) <= 1e-12
     assert frame["decision"].tolist() == [r["decision"] for r in results]
@@ -272,7 +247,7 @@ def test_missing_values_are_imputed_like_the_pipeline(spec, tmp_path):
     model = build_pipeline(nullable_spec, "random_forest", 0,
                            SMALL["random_forest"]).fit(d.X, d.y)
     predictor = make_predictor(model, d.X, nullable_spec)
-    records = [record_of(d.X.iloc[i], nullable_spec) for i in range(100)]
+    records = [record_from_row(d.X.iloc[i], nullable_spec) for i in range(100)]
     assert any(v is None for r in records for v in r.values())
     got = [r["probability_of_default"] for r in predictor.predict(records)]
     assert np.max(np.abs(np.array(got) - model.predict_proba(d.X.head(100))[:, 1])) <= 1e-9
@@ -281,7 +256,7 @@ def test_missing_values_are_imputed_like_the_pipeline(spec, tmp_path):
 
 
 def test_records_to_frame_builds_a_validated_frame(spec, data):
-    records = [record_of(data[0].iloc[i], spec) for i in range(3)]
+    records = [record_from_row(data[0].iloc[i], spec) for i in range(3)]
     records[0]["purpose"] = None
     frame = records_to_frame(records, spec)
     assert frame["duration_in_month"].dtype == np.float64
