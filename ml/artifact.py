@@ -6,11 +6,15 @@ Layout::
       LATEST                      # the version name of the newest artifact (a stable pointer)
       <version>/
         model.joblib              # the fitted sklearn estimator, pickled whole
-        model_card.json           # everything about it, including the pickle's SHA-256
+        fast_model.pkl            # the same model compiled to numpy arrays (ml.fastpath)
+        model_card.json           # everything about it, including both files' SHA-256
         plots/*.png
 
-The loader refuses to unpickle a file whose SHA-256 differs from the card's, or that was
+The loaders refuse to unpickle a file whose SHA-256 differs from the card's, or that was
 built with other versions of the libraries whose pickles are not portable.
+:func:`load_artifact` gives the sklearn model (training, reports, the batch scorer);
+:func:`load_serving` gives only the compiled model, so a server never imports sklearn,
+scipy or pandas: it is ready in about a second and its workers share less memory.
 This module is runtime code: ``app`` may import it.
 """
 from __future__ import annotations
@@ -25,15 +29,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import joblib
-
 from ml.schema import DatasetSpec
 
 MODEL_FILE = "model.joblib"
+FAST_FILE = "fast_model.pkl"
 CARD_FILE = "model_card.json"
 LATEST = "LATEST"
 # Pickles of these are tied to the exact version that wrote them.
 PINNED_LIBRARIES = ("scikit-learn", "numpy", "joblib")
+SERVING_LIBRARIES = ("numpy",)  # a compiled model is numpy arrays and plain Python
 RECORDED_LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib")
 
 
@@ -43,12 +47,17 @@ class ArtifactError(RuntimeError):
 
 @dataclass
 class Artifact:
-    """A loaded, verified model with its card and spec."""
+    """A loaded, verified model with its card and spec.
+
+    ``model`` is the sklearn estimator (``None`` when loaded for serving) and ``fast``
+    the compiled :class:`ml.fastpath.FastModel` (``None`` when not loaded).
+    """
 
     model: Any
     card: dict[str, Any]
     spec: DatasetSpec
     path: Path
+    fast: Any = None
 
     @property
     def name(self) -> str:
@@ -107,48 +116,99 @@ def read_card(path: str | Path) -> dict[str, Any]:
 
 
 def load_artifact(path: str | Path, check_versions: bool = True) -> Artifact:
-    """Load and verify an artifact; raises :class:`ArtifactError` with the reason.
+    """Load and verify the sklearn model of an artifact; raises :class:`ArtifactError`.
 
     Checks, before unpickling: the card is readable, the pickle's SHA-256 matches the
     card, and (unless ``check_versions`` is false) scikit-learn, numpy and joblib are
     the versions the model was built with.
     """
+    import joblib
+
     directory = resolve(path)
     card = read_card(directory)
-    model_path = directory / card.get("artifact", {}).get("file", MODEL_FILE)
-    if not model_path.is_file():
-        raise ArtifactError(f"model file {model_path} is missing")
-    expected = card.get("artifact", {}).get("sha256")
-    actual = sha256_of(model_path)
-    if expected != actual:
-        raise ArtifactError(f"refusing to load {model_path}: its SHA-256 {actual[:12]}… does not "
-                            f"match the model card's {str(expected)[:12]}… (tampered or corrupted)")
+    model_path = _verified(directory, card, "file", "sha256", MODEL_FILE)
     if check_versions:
-        installed = library_versions()
-        built = card.get("libraries", {})
-        wrong = [f"{lib} {built.get(lib)} (installed {installed[lib]})"
-                 for lib in PINNED_LIBRARIES if built.get(lib) != installed[lib]]
-        if wrong:
-            raise ArtifactError("refusing to load a model built with other library versions: "
-                                + ", ".join(wrong) + "; retrain or install the pinned versions")
+        _check_versions(card, PINNED_LIBRARIES)
     model = joblib.load(model_path)
     return Artifact(model=model, card=card, spec=DatasetSpec.from_dict(card["spec"]),
                     path=directory)
 
 
-def save_artifact(model: Any, card: dict[str, Any], root: str | Path,
-                  update_latest: bool = True) -> Path:
-    """Write ``model`` and ``card`` to ``root/<card['version']>/`` and move ``LATEST`` to it.
+def has_serving_model(path: str | Path) -> bool:
+    """Whether the artifact at ``path`` carries a compiled model (older ones do not)."""
+    return bool(read_card(path).get("artifact", {}).get("fast_file"))
 
-    The card is completed with the pickle's file name and SHA-256. The pointer is
-    replaced atomically so a server reading it never sees half a name.
+
+def load_serving(path: str | Path, check_versions: bool = True) -> Artifact:
+    """Load and verify the compiled model of an artifact (no sklearn); ``model`` is ``None``.
+
+    The same checks as :func:`load_artifact`, on ``fast_model.pkl`` and numpy.
     """
+    import pickle
+
+    directory = resolve(path)
+    card = read_card(directory)
+    fast_path = _verified(directory, card, "fast_file", "fast_sha256", FAST_FILE)
+    if check_versions:
+        _check_versions(card, SERVING_LIBRARIES)
+    with open(fast_path, "rb") as fh:
+        fast = pickle.load(fh)  # noqa: S301 - its SHA-256 matched the card's just above
+    return Artifact(model=None, card=card, spec=DatasetSpec.from_dict(card["spec"]),
+                    path=directory, fast=fast)
+
+
+def _verified(directory: Path, card: dict[str, Any], file_key: str, hash_key: str,
+              default: str) -> Path:
+    """The path of one of the artifact's pickles, after checking its SHA-256."""
+    path = directory / card.get("artifact", {}).get(file_key, default)
+    if not path.is_file():
+        raise ArtifactError(f"model file {path} is missing")
+    expected = card.get("artifact", {}).get(hash_key)
+    actual = sha256_of(path)
+    if expected != actual:
+        raise ArtifactError(f"refusing to load {path}: its SHA-256 {actual[:12]}… does not "
+                            f"match the model card's {str(expected)[:12]}… (tampered or corrupted)")
+    return path
+
+
+def _check_versions(card: dict[str, Any], libraries: tuple[str, ...]) -> None:
+    installed = library_versions()
+    built = card.get("libraries", {})
+    wrong = [f"{lib} {built.get(lib)} (installed {installed[lib]})"
+             for lib in libraries if built.get(lib) != installed[lib]]
+    if wrong:
+        raise ArtifactError("refusing to load a model built with other library versions: "
+                            + ", ".join(wrong) + "; retrain or install the pinned versions")
+
+
+def save_artifact(model: Any, card: dict[str, Any], root: str | Path,
+                  update_latest: bool = True, check_frame: Any = None) -> Path:
+    """Write ``model``, its compiled form and ``card`` to ``root/<card['version']>/``.
+
+    The model is compiled with :func:`ml.fastpath.compile_model` and, when
+    ``check_frame`` is given, checked against sklearn on every row of it (|Δ| ≤ 1e-9).
+    The card is completed with both files' names and SHA-256. ``LATEST`` is then
+    moved to the new version atomically, so a server reading it never sees half a name.
+    """
+    import pickle
+
+    import joblib
+
+    from ml.fastpath import check_against, compile_model
+
+    fast = compile_model(model)
+    if check_frame is not None:
+        check_against(model, fast, check_frame)
     root = Path(root)
     directory = root / card["version"]
     directory.mkdir(parents=True, exist_ok=True)
     model_path = directory / MODEL_FILE
     joblib.dump(model, model_path)
-    card = {**card, "artifact": {"file": MODEL_FILE, "sha256": sha256_of(model_path)}}
+    fast_path = directory / FAST_FILE
+    with open(fast_path, "wb") as fh:
+        pickle.dump(fast, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    card = {**card, "artifact": {"file": MODEL_FILE, "sha256": sha256_of(model_path),
+                                 "fast_file": FAST_FILE, "fast_sha256": sha256_of(fast_path)}}
     (directory / CARD_FILE).write_text(json.dumps(card, indent=2, default=_jsonable),
                                        encoding="utf-8")
     if update_latest:

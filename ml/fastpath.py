@@ -37,27 +37,27 @@ Inputs come in a *raw* matrix, one float64 column per model input feature in
 their index in :attr:`FastModel.vocabulary` (NaN = missing, -1 = unknown code).
 Anything this module does not know how to replicate exactly raises
 :class:`UnsupportedModelError` at compile time rather than mispredicting.
+
+A compiled model holds numpy arrays and plain Python values only, and this module
+imports sklearn (to read fitted objects) and pandas (for frames) only when a function
+needs them. The trainer pickles the compiled model next to the sklearn one, so the API
+scores without ever importing sklearn, scipy or pandas (see :func:`ml.artifact.load_serving`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from scipy.special import expit
-from sklearn.calibration import CalibratedClassifierCV, _SigmoidCalibration
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import (ExtraTreesClassifier, HistGradientBoostingClassifier,
-                              RandomForestClassifier)
-from sklearn.impute import SimpleImputer
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from ml.artifact import ArtifactError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pandas as pd
+    from sklearn.impute import SimpleImputer
 
 UNKNOWN = -1.0
 """Raw value of a category code the encoder has never heard of (one-hot row of zeros)."""
@@ -79,6 +79,38 @@ def _require(condition: bool, message: str) -> None:
         raise UnsupportedModelError("fast path cannot compile this model: " + message)
 
 
+@functools.cache
+def _sk() -> SimpleNamespace:
+    """The sklearn classes that compiling reads, imported on the first compile only.
+
+    Scoring never needs them: a server that loads a pickled :class:`FastModel` (see
+    :func:`ml.artifact.load_serving`) imports numpy, not sklearn, scipy or pandas.
+    """
+    from sklearn.calibration import CalibratedClassifierCV, _SigmoidCalibration
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import (ExtraTreesClassifier, HistGradientBoostingClassifier,
+                                  RandomForestClassifier)
+    from sklearn.impute import SimpleImputer
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    return SimpleNamespace(
+        CalibratedClassifierCV=CalibratedClassifierCV, ColumnTransformer=ColumnTransformer,
+        ExtraTreesClassifier=ExtraTreesClassifier, IsotonicRegression=IsotonicRegression,
+        HistGradientBoostingClassifier=HistGradientBoostingClassifier, Pipeline=Pipeline,
+        LogisticRegression=LogisticRegression, OneHotEncoder=OneHotEncoder,
+        RandomForestClassifier=RandomForestClassifier, SimpleImputer=SimpleImputer,
+        StandardScaler=StandardScaler, _SigmoidCalibration=_SigmoidCalibration)
+
+
+def expit(x: np.ndarray) -> np.ndarray:
+    """The logistic function, as ``scipy.special.expit`` computes it for float64."""
+    with np.errstate(over="ignore"):  # exp(-x) = inf for x < -709 gives exactly 0.0
+        return 1.0 / (1.0 + np.exp(-x))
+
+
 def _is_missing(value: Any) -> bool:
     """``None`` or a float NaN: what the imputers treat as missing."""
     return value is None or (isinstance(value, float) and math.isnan(value))
@@ -91,8 +123,8 @@ class _NumericBranch:
     """``SimpleImputer`` then an optional ``StandardScaler`` over some numeric columns."""
 
     def __init__(self, name: str, steps: list[Any], columns: list[str], out: slice):
-        _require(len(steps) in (1, 2) and isinstance(steps[0], SimpleImputer)
-                 and (len(steps) == 1 or isinstance(steps[1], StandardScaler)),
+        _require(len(steps) in (1, 2) and isinstance(steps[0], _sk().SimpleImputer)
+                 and (len(steps) == 1 or isinstance(steps[1], _sk().StandardScaler)),
                  f"branch {name!r} must be SimpleImputer [→ StandardScaler], got {steps}")
         _check_imputer(steps[0], name)
         try:
@@ -117,8 +149,8 @@ class _CategoricalBranch:
     """``SimpleImputer`` then ``OneHotEncoder(handle_unknown="ignore")``."""
 
     def __init__(self, name: str, steps: list[Any], columns: list[str], out: slice):
-        _require(len(steps) == 2 and isinstance(steps[0], SimpleImputer)
-                 and isinstance(steps[1], OneHotEncoder),
+        _require(len(steps) == 2 and isinstance(steps[0], _sk().SimpleImputer)
+                 and isinstance(steps[1], _sk().OneHotEncoder),
                  f"branch {name!r} must be SimpleImputer → OneHotEncoder, got {steps}")
         imputer, onehot = steps
         _check_imputer(imputer, name)
@@ -158,19 +190,21 @@ class _Encoder:
     """
 
     def __init__(self, ct: Any):
-        _require(isinstance(ct, ColumnTransformer), f"first step must be a ColumnTransformer, "
-                 f"got {type(ct).__name__}")
+        _require(isinstance(ct, _sk().ColumnTransformer),
+                 f"first step must be a ColumnTransformer, got {type(ct).__name__}")
         _require(not getattr(ct, "sparse_output_", False), "ColumnTransformer output is sparse")
         branches: list[_NumericBranch | _CategoricalBranch] = []
         for name, trans, columns in ct.transformers_:
             out = ct.output_indices_[name]
             if trans == "drop" or out.stop == out.start:
                 continue
-            _require(isinstance(trans, Pipeline), f"branch {name!r} must be a Pipeline")
+            _require(isinstance(trans, _sk().Pipeline),
+                     f"branch {name!r} must be a Pipeline")
             _require(all(isinstance(c, str) for c in columns),
                      f"branch {name!r} must select columns by name")
             steps = [s for _, s in trans.steps]
-            cls = _CategoricalBranch if isinstance(steps[-1], OneHotEncoder) else _NumericBranch
+            onehot = isinstance(steps[-1], _sk().OneHotEncoder)
+            cls = _CategoricalBranch if onehot else _NumericBranch
             branches.append(cls(name, steps, list(columns), out))
         numeric = [b for b in branches if isinstance(b, _NumericBranch)]
         categorical = [b for b in branches if isinstance(b, _CategoricalBranch)]
@@ -277,7 +311,7 @@ class _Linear:
 
     has_decision = True
 
-    def __init__(self, est: LogisticRegression, n_in: int):
+    def __init__(self, est: Any, n_in: int):
         coef = np.asarray(est.coef_, dtype=np.float64)
         _require(coef.shape == (1, n_in), f"coef_ has shape {coef.shape}, expected (1, {n_in})")
         self.coef = np.append(coef[0], 0.0)  # the encoder's spare column weighs nothing
@@ -419,8 +453,13 @@ class _Forest:
         self.trees = [(tree.tree_, t["value"]) for tree, t in zip(est.estimators_, trees)]
         self.n_in = n_in
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for serving without sklearn: the large-batch shortcut through sklearn's
+        # own trees is dropped and every batch takes the numpy walk (same results).
+        return {**self.__dict__, "trees": None}
+
     def proba(self, z: np.ndarray) -> np.ndarray:
-        if len(z) < LARGE_BATCH:
+        if len(z) < LARGE_BATCH or self.trees is None:
             return self.bank.leaf_values(z).sum(axis=0) / self.bank.n_trees
         # What RandomForestClassifier.predict_proba does, minus its joblib dispatch.
         x = np.ascontiguousarray(z[:, :self.n_in], dtype=np.float32)
@@ -435,7 +474,7 @@ class _Boosting:
 
     has_decision = True
 
-    def __init__(self, est: HistGradientBoostingClassifier, n_in: int):
+    def __init__(self, est: Any, n_in: int):
         _require(est.n_trees_per_iteration_ == 1, "boosting must be binary")
         _require(getattr(est, "_preprocessor", None) is None
                  and (est.is_categorical_ is None or not np.any(est.is_categorical_)),
@@ -466,22 +505,20 @@ class _Boosting:
         return expit(self.decision(z))
 
 
-_ESTIMATORS = (
-    (LogisticRegression, _Linear),
-    (RandomForestClassifier, _Forest),
-    (ExtraTreesClassifier, _Forest),
-    (HistGradientBoostingClassifier, _Boosting),
-)
+def _estimators() -> tuple[tuple[type, type], ...]:
+    sk = _sk()
+    return ((sk.LogisticRegression, _Linear), (sk.RandomForestClassifier, _Forest),
+            (sk.ExtraTreesClassifier, _Forest), (sk.HistGradientBoostingClassifier, _Boosting))
 
 
 def _compile_estimator(est: Any, n_in: int) -> Any:
     classes = getattr(est, "classes_", None)
     _require(classes is not None and list(np.asarray(classes)) == [0, 1],
              f"the estimator's classes must be [0, 1], got {classes}")
-    for cls, compiled in _ESTIMATORS:
+    for cls, compiled in _estimators():
         if type(est) is cls:
             return compiled(est, n_in)
-    supported = ", ".join(c.__name__ for c, _ in _ESTIMATORS)
+    supported = ", ".join(c.__name__ for c, _ in _estimators())
     raise UnsupportedModelError(f"fast path cannot compile a {type(est).__name__}; "
                                 f"supported estimators: {supported}")
 
@@ -490,7 +527,7 @@ def _compile_estimator(est: Any, n_in: int) -> Any:
 
 
 class _Sigmoid:
-    def __init__(self, cal: _SigmoidCalibration):
+    def __init__(self, cal: Any):
         self.a, self.b = float(cal.a_), float(cal.b_)
 
     def __call__(self, t: np.ndarray) -> np.ndarray:
@@ -498,7 +535,7 @@ class _Sigmoid:
 
 
 class _Isotonic:
-    def __init__(self, cal: IsotonicRegression):
+    def __init__(self, cal: Any):
         _require(cal.out_of_bounds == "clip", "isotonic calibrator must clip")
         x, y = np.asarray(cal.X_thresholds_), np.asarray(cal.y_thresholds_)
         # With float64 knots, scipy's interp1d delegates to np.interp.
@@ -514,9 +551,9 @@ class _Isotonic:
 
 
 def _compile_calibrator(cal: Any) -> Any:
-    if type(cal) is _SigmoidCalibration:
+    if type(cal) is _sk()._SigmoidCalibration:
         return _Sigmoid(cal)
-    if type(cal) is IsotonicRegression:
+    if type(cal) is _sk().IsotonicRegression:
         return _Isotonic(cal)
     raise UnsupportedModelError(f"fast path cannot compile a {type(cal).__name__} calibrator")
 
@@ -530,7 +567,7 @@ class _Member:
     def __init__(self, pipeline: Any, calibrator: Any = None):
         if type(pipeline).__name__ == "FrozenEstimator":  # cv="prefit" style calibration
             pipeline = pipeline.estimator
-        _require(isinstance(pipeline, Pipeline) and len(pipeline.steps) == 2,
+        _require(isinstance(pipeline, _sk().Pipeline) and len(pipeline.steps) == 2,
                  "expected Pipeline([('prep', ColumnTransformer), ('model', estimator)])")
         self.encoder = _Encoder(pipeline.steps[0][1])
         self.estimator = _compile_estimator(pipeline.steps[1][1], self.encoder.n_out)
@@ -697,6 +734,8 @@ class FastModel:
 
     def raw_from_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw matrix of a validated frame: floats, and codes (any dtype; NA = missing)."""
+        import pandas as pd  # frames come from the batch jobs, which have pandas loaded
+
         raw = np.empty((len(frame), len(self.features)))
         for j, name in enumerate(self.features):
             col = frame[name]
@@ -708,6 +747,8 @@ class FastModel:
 
     def category_index(self, name: str, codes: Any) -> np.ndarray:
         """Raw values of codes of feature ``name``: index, NaN if missing, -1 if unknown."""
+        import pandas as pd
+
         values = pd.Series(codes, copy=False)
         index = pd.Index(self.vocabulary[name]).get_indexer(values.astype(object))
         out = index.astype(np.float64)
@@ -722,7 +763,7 @@ def compile_model(model: Any) -> FastModel:
         UnsupportedModelError: for any model type or structure that this module does
             not replicate exactly (the message says what).
     """
-    if isinstance(model, CalibratedClassifierCV):
+    if isinstance(model, _sk().CalibratedClassifierCV):
         _require(list(np.asarray(model.classes_)) == [0, 1], "classes must be [0, 1]")
         members = []
         for cc in model.calibrated_classifiers_:
@@ -731,7 +772,7 @@ def compile_model(model: Any) -> FastModel:
             members.append(_Member(cc.estimator, cc.calibrators[0]))
         kind = f"{_family(members[0])}+{model.calibrated_classifiers_[0].method}"
         return FastModel(members, kind)
-    if isinstance(model, Pipeline):
+    if isinstance(model, _sk().Pipeline):
         member = _Member(model)
         return FastModel([member], _family(member))
     raise UnsupportedModelError(f"fast path cannot compile a {type(model).__name__}; expected a "

@@ -1,9 +1,13 @@
 """The predictor: one object, shared by the API and the batch scorer, that answers for a model.
 
-``Predictor(artifact)`` compiles the artifact's sklearn model into the numpy fast path
-(:mod:`ml.fastpath`) once and checks it against sklearn on the card's reference rows;
-from then on records and frames are scored without pandas (and, short of batches of
-thousands of rows, without sklearn) in the loop.
+``Predictor.load(path)`` takes the artifact's compiled model (:mod:`ml.fastpath`,
+written and checked against sklearn on every training row by the trainer), so a server
+never imports sklearn, scipy or pandas; its :meth:`Predictor.self_test` re-scores the
+card's self-test record against the PD sklearn gave at training time.
+``Predictor.load(path, sklearn=True)`` (the batch scorer) loads the sklearn pickle,
+compiles it here and checks it against sklearn on the card's reference rows, which also
+lets a random forest walk large batches with sklearn's compiled trees. Either way,
+records and frames are scored without pandas in the loop.
 
 Each applicant gets:
 
@@ -32,14 +36,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 
-from ml.artifact import Artifact, ArtifactError, load_artifact
+from ml.artifact import (Artifact, ArtifactError, has_serving_model, load_artifact,
+                         load_serving)
 from ml.fastpath import FastModel, check_against, compile_model
 from ml.schema import CATEGORICAL, DatasetSpec, Feature, validate_record
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pandas as pd
 
 MAX_REASONS = 4
 SELF_TEST_TOLERANCE = 1e-9
@@ -93,7 +100,8 @@ class Predictor:
         self.grades: list[dict[str, Any]] = _check_grades(self.card.get("grades"))
         self._bounds = np.array([float(g["max_pd"]) for g in self.grades])
         self._letters = np.array([str(g["grade"]) for g in self.grades], dtype=object)
-        self.fast: FastModel = compile_model(artifact.model)
+        self.fast: FastModel = (artifact.fast if artifact.fast is not None
+                                else compile_model(artifact.model))
         if set(self.fast.features) != set(self.spec.feature_names):
             raise ArtifactError("the model's input columns differ from the spec's features: "
                                 f"{sorted(set(self.fast.features) ^ set(self.spec.feature_names))}")
@@ -101,17 +109,25 @@ class Predictor:
         self._feature_specs: list[Feature] = [self.spec.feature(n) for n in self.features]
         baseline = _card_record(self.card, ("reference", "baseline"), self.spec)
         self._baseline = self.fast.baseline(baseline)
-        check_rows = [baseline]
-        for key in (("example",), ("self_test", "record")):
-            try:
-                check_rows.append(_card_record(self.card, key, self.spec))
-            except ArtifactError:
-                pass  # optional here; self_test() insists on its own record
-        check_against(artifact.model, self.fast, records_to_frame(check_rows, self.spec))
+        if artifact.model is not None:
+            check_rows = [baseline]
+            for key in (("example",), ("self_test", "record")):
+                try:
+                    check_rows.append(_card_record(self.card, key, self.spec))
+                except ArtifactError:
+                    pass  # optional here; self_test() insists on its own record
+            check_against(artifact.model, self.fast, records_to_frame(check_rows, self.spec))
 
     @classmethod
-    def load(cls, path: str | Path, check_versions: bool = True) -> "Predictor":
-        """Load, verify and compile the artifact at ``path`` (a version or a models dir)."""
+    def load(cls, path: str | Path, check_versions: bool = True,
+             sklearn: bool = False) -> "Predictor":
+        """Load and verify the artifact at ``path`` (a version or a models dir).
+
+        The compiled model when the artifact has one and ``sklearn`` is false, else
+        the sklearn pickle, compiled here.
+        """
+        if not sklearn and has_serving_model(path):
+            return cls(load_serving(path, check_versions=check_versions))
         return cls(load_artifact(path, check_versions=check_versions))
 
     # ------------------------------------------------------------------ per request
@@ -170,6 +186,8 @@ class Predictor:
 
     def to_frame(self, scores: Scores, index: Any = None) -> pd.DataFrame:
         """The output columns of :meth:`predict_frame` for some :class:`Scores`."""
+        import pandas as pd
+
         n = len(scores.probability)
         columns: dict[str, Any] = {
             "probability_of_default": scores.probability,
@@ -248,6 +266,8 @@ def value_label(feature: Feature, value: Any) -> str:
 
 def records_to_frame(records: Sequence[dict[str, Any]], spec: DatasetSpec) -> pd.DataFrame:
     """Records as a validated frame (codes as object with NaN, numbers as float64)."""
+    import pandas as pd
+
     columns = {}
     for f in spec.features:
         values = [r.get(f.name) for r in records]

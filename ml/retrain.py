@@ -151,7 +151,7 @@ def promote_challenger(model: Any, card: dict[str, Any], spec: Any, data: Datase
     new_card["data"]["feedback_rows"] = int(len(y_new))
     new_card["retrain"] = {k: report[k] for k in ("champion", "criterion", "margin", "rows",
                                                   "held_out", "expected_cost_gain")}
-    return save_artifact(model, new_card, root)
+    return save_artifact(model, new_card, root, check_frame=combined.X)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -71,7 +71,7 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
         ``{"rows", "scored", "rejected", "seconds", "rows_per_second", "output",
         "errors"}``; ``errors`` is ``None`` when no row was rejected (no file is left).
     """
-    predictor = predictor or Predictor.load(model_dir)
+    predictor = predictor or Predictor.load(model_dir, sklearn=True)
     start = time.perf_counter()  # scoring time: loading the model is not throughput
     in_csv, out_csv = Path(in_csv), Path(out_csv)
     errors_path = out_csv.with_name(out_csv.name + ".errors.csv")

@@ -117,8 +117,9 @@ def train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
     }
     card = build_card(spec, data, model, options, best, calibration, threshold["threshold"],
                       report, X_fit, oof, parts.X_test, p_test)
-    directory = save_artifact(model, card, options.out)
-    card = read_card(directory)  # as written: completed with the pickle's SHA-256
+    # The compiled serving model is checked against sklearn on every row of the data.
+    directory = save_artifact(model, card, options.out, check_frame=data.X)
+    card = read_card(directory)  # as written: completed with the pickles' SHA-256
     if options.plots:
         evaluate.save_plots(parts.y_test, p_test, threshold["threshold"], directory / "plots",
                             title="(test)")

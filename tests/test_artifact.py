@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from ml.artifact import (CARD_FILE, LATEST, MODEL_FILE, ArtifactError, load_artifact, read_card,
-                         resolve, sha256_of)
+from ml.artifact import (CARD_FILE, FAST_FILE, LATEST, MODEL_FILE, ArtifactError,
+                         load_artifact, load_serving, read_card, resolve, sha256_of)
 
 
 @pytest.fixture
@@ -24,16 +24,29 @@ def test_latest_pointer_resolves_to_the_version(trained_model_dir):
     assert load_artifact(trained_model_dir).version == version
 
 
-def test_card_records_the_pickle_hash(trained_model_dir):
+def test_card_records_the_pickle_hashes(trained_model_dir):
     directory = resolve(trained_model_dir)
-    assert read_card(directory)["artifact"]["sha256"] == sha256_of(directory / MODEL_FILE)
+    sealed = read_card(directory)["artifact"]
+    assert sealed["sha256"] == sha256_of(directory / MODEL_FILE)
+    assert sealed["fast_sha256"] == sha256_of(directory / FAST_FILE)
 
 
-def test_loader_refuses_a_tampered_pickle(artifact_copy):
-    with open(artifact_copy / MODEL_FILE, "ab") as fh:
+@pytest.mark.parametrize("name, load", [(MODEL_FILE, load_artifact), (FAST_FILE, load_serving)])
+def test_loader_refuses_a_tampered_pickle(artifact_copy, name, load):
+    with open(artifact_copy / name, "ab") as fh:
         fh.write(b"\0")
     with pytest.raises(ArtifactError, match="SHA-256"):
-        load_artifact(artifact_copy)
+        load(artifact_copy)
+
+
+def test_serving_loader_gives_the_compiled_model_only(artifact_copy):
+    artifact = load_serving(artifact_copy)
+    assert artifact.model is None and artifact.fast is not None
+    card = json.loads((artifact_copy / CARD_FILE).read_text())
+    card["libraries"]["numpy"] = "1.0.0"
+    (artifact_copy / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="numpy 1.0.0"):
+        load_serving(artifact_copy)
 
 
 def test_loader_refuses_other_library_versions(artifact_copy):

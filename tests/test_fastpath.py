@@ -1,6 +1,8 @@
 """The compiled fast path gives sklearn's probabilities, for every family the trainer can pick."""
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,6 +102,22 @@ def test_matches_predict_proba_on_every_row(models, full, blanked, spec, family,
     assert np.max(np.abs(from_frame - expected)) <= TOLERANCE
     assert np.max(np.abs(from_records - expected)) <= TOLERANCE
     assert np.max(np.abs(in_small_batches - expected)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("calibration", CALIBRATIONS)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_pickled_model_a_server_loads_matches_predict_proba(
+        models, full, spec, family, calibration):
+    """What ``save_artifact`` writes for serving: no sklearn objects, same probabilities."""
+    model = models(family, calibration, "full")
+    X = full[0]
+    fast = pickle.loads(pickle.dumps(compile_model(model)))
+    expected = model.predict_proba(X)[:, 1]
+    baseline = fast.baseline(records_of(X.head(1), spec)[0])
+    assert np.max(np.abs(fast.predict_frame(X) - expected)) <= TOLERANCE
+    assert np.max(np.abs(fast.predict_records(records_of(X, spec)) - expected)) <= TOLERANCE
+    assert np.max(np.abs(fast.predict_frame(X, baseline)[:, 0] - expected)) <= TOLERANCE
+    assert b"sklearn" not in pickle.dumps(fast)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

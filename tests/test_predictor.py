@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ml.artifact import Artifact, ArtifactError, library_versions, save_artifact
+from ml.artifact import (Artifact, ArtifactError, library_versions, load_artifact,
+                         save_artifact)
 from ml.config import DEFAULT_DATA
 from ml.data import load_dataset, read_raw
 from ml.pipeline import build_pipeline
@@ -332,9 +335,22 @@ def test_load_reads_a_saved_artifact(fitted, data, spec, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_trained_artifact_passes_and_matches_sklearn(trained_model_dir, data):
-    predictor = Predictor.load(trained_model_dir)
+@pytest.mark.parametrize("sklearn", [False, True], ids=["compiled", "sklearn"])
+def test_the_trained_artifact_passes_and_matches_sklearn(trained_model_dir, data, sklearn):
+    predictor = Predictor.load(trained_model_dir, sklearn=sklearn)
+    assert (predictor.artifact.model is None) is not sklearn
     predictor.self_test()
-    expected = predictor.artifact.model.predict_proba(data[0])[:, 1]
+    expected = load_artifact(trained_model_dir).model.predict_proba(data[0])[:, 1]
     got = predictor.predict_frame(data[0], reasons=False)["probability_of_default"]
     assert np.max(np.abs(got.to_numpy() - expected)) <= 1e-9
+
+
+def test_serving_never_imports_sklearn_scipy_or_pandas(trained_model_dir):
+    """A server loads the compiled model, self-tests and scores on numpy alone."""
+    code = ("import sys; from ml.predictor import Predictor; "
+            f"p = Predictor.load({str(trained_model_dir)!r}); p.self_test(); "
+            "p.predict([p.card['example']]); "
+            "print(sorted(m for m in ('sklearn', 'scipy', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]"
