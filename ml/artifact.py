@@ -142,12 +142,15 @@ def has_serving_model(path: str | Path) -> bool:
 def load_serving(path: str | Path, check_versions: bool = True) -> Artifact:
     """Load and verify the compiled model of an artifact (no sklearn); ``model`` is ``None``.
 
-    The same checks as :func:`load_artifact`, on ``fast_model.pkl`` and numpy.
+    The same checks as :func:`load_artifact`, on ``fast_model.pkl`` and numpy. The
+    sklearn pickle is hash-checked too (not loaded): an artifact with any damaged file
+    is refused as a whole.
     """
     import pickle
 
     directory = resolve(path)
     card = read_card(directory)
+    _verified(directory, card, "file", "sha256", MODEL_FILE)
     fast_path = _verified(directory, card, "fast_file", "fast_sha256", FAST_FILE)
     if check_versions:
         _check_versions(card, SERVING_LIBRARIES)

@@ -362,6 +362,8 @@ class _TreeBank:
             value[start:stop] = t["value"]
         _require(bool((feature >= 0).all() and (feature < n_in).all()),
                  "a tree splits on a feature index outside the input")
+        if float32:
+            threshold = _float32_floor(threshold)
         self.feature = np.repeat(feature, 2)
         self.threshold = np.repeat(threshold, 2)
         self.child = np.stack([2 * left, 2 * right], axis=1).reshape(-1)
@@ -386,8 +388,10 @@ class _TreeBank:
 
     def _leaf_values(self, z: np.ndarray) -> np.ndarray:
         if self.float32:
-            # sklearn forests compare float32(x) <= float64 threshold.
-            z = z.astype(np.float32).astype(np.float64)
+            # sklearn forests compare float32(x) <= float64 threshold; the thresholds
+            # were rounded down to float32, which gives the same answer for every x
+            # and halves the bytes each level moves.
+            z = z.astype(np.float32)
         n_rows, width = z.shape
         x = np.ascontiguousarray(z).reshape(-1)
         slots = np.repeat(self.roots, n_rows)  # tree-major: (tree, row) at tree * n_rows + row
@@ -411,6 +415,18 @@ class _TreeBank:
                 f += row_start[:w]
                 slots[:w] = self.child[at + (x[f] > self.threshold[at])]
         return self.value[slots].reshape(self.n_trees, n_rows)
+
+
+def _float32_floor(threshold: np.ndarray) -> np.ndarray:
+    """The largest float32 at or below each float64 threshold.
+
+    For a float32 ``x``, ``x <= t`` holds exactly when ``x <= floor32(t)``: no float32
+    lies between the two.
+    """
+    t32 = threshold.astype(np.float32)
+    above = t32.astype(np.float64) > threshold
+    t32[above] = np.nextafter(t32[above], np.float32(-np.inf))
+    return t32
 
 
 def _depth(left: np.ndarray, right: np.ndarray) -> int:
@@ -643,6 +659,10 @@ class FastModel:
 
     # Rows per block when a baseline multiplies the rows by 1 + len(features).
     BLOCK_ROWS = 65536
+    # From this many records on, they are read column by column into a raw matrix and
+    # encoded with numpy; below it, record by record in plain Python is faster (measured:
+    # 1,000 records 3.4 against 5.4 ms; one record 51 against 5 µs).
+    COLUMNWISE_RECORDS = 16
 
     def __init__(self, members: list[_Member], kind: str):
         self.members = members
@@ -673,6 +693,8 @@ class FastModel:
     def predict_records(self, records: Sequence[Mapping[str, Any]],
                         baseline: Baseline | None = None) -> np.ndarray:
         """P(default) for validated records (``{feature: value}``, ``None`` = missing)."""
+        if len(records) >= self.COLUMNWISE_RECORDS:
+            return self.predict_raw(self.raw_from_records(records), baseline)
         return self._predict([m.encoder.encode_records for m in self.members], records,
                              baseline)
 
@@ -720,17 +742,16 @@ class FastModel:
 
     def raw_from_records(self, records: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Raw matrix of records; a category code not in the vocabulary counts as unknown."""
-        rows = []
-        for rec in records:
-            row = []
-            for name, lookup in self._lookup:
-                value = rec[name]
-                if lookup is None or _is_missing(value):
-                    row.append(value)  # None becomes NaN in the float array below
-                else:
-                    row.append(lookup.get(value, UNKNOWN) if isinstance(value, str) else UNKNOWN)
-            rows.append(row)
-        return np.array(rows, dtype=np.float64).reshape(len(rows), len(self.features))
+        records = records if isinstance(records, Sequence) else list(records)
+        raw = np.empty((len(records), len(self.features)))
+        for j, (name, lookup) in enumerate(self._lookup):
+            column = [rec[name] for rec in records]
+            if lookup is None:
+                raw[:, j] = np.array(column, dtype=np.float64)  # None becomes NaN
+            else:
+                raw[:, j] = [lookup.get(v, UNKNOWN) if isinstance(v, str)
+                             else (math.nan if _is_missing(v) else UNKNOWN) for v in column]
+        return raw
 
     def raw_from_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw matrix of a validated frame: floats, and codes (any dtype; NA = missing)."""

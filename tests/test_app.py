@@ -77,12 +77,14 @@ def test_create_app_reads_the_environment(monkeypatch, trained_model_dir, exampl
 # --------------------------------------------------------------------------- no usable model
 
 
-def _tampered(src, dst):
-    shutil.copytree(src, dst)
-    version = (dst / "LATEST").read_text().strip()
-    with open(dst / version / "model.joblib", "ab") as fh:
-        fh.write(b"\0")
-    return dst
+def _tampered(name):
+    def damage(src, dst):
+        shutil.copytree(src, dst)
+        version = (dst / "LATEST").read_text().strip()
+        with open(dst / version / name, "ab") as fh:
+            fh.write(b"\0")
+        return dst
+    return damage
 
 
 def _failing_self_test(src, dst):
@@ -96,9 +98,10 @@ def _failing_self_test(src, dst):
 
 @pytest.mark.parametrize("make_dir,reason", [
     (lambda src, dst: dst, "no model artifact"),
-    (_tampered, "SHA-256"),
+    (_tampered("model.joblib"), "SHA-256"),
+    (_tampered("fast_model.pkl"), "SHA-256"),
     (_failing_self_test, ""),
-], ids=["missing", "tampered", "self_test_fails"])
+], ids=["missing", "tampered_sklearn_pickle", "tampered_compiled_model", "self_test_fails"])
 def test_app_starts_without_a_usable_model_and_says_why(tmp_path, trained_model_dir,  # noqa: F811
                                                         make_dir, reason, capsys):
     model_dir = make_dir(trained_model_dir, tmp_path / "models")
@@ -191,8 +194,9 @@ def test_decode_json_refuses_what_is_not_strict_json(body):
     assert info.value.status == 400
 
 
-def test_decode_json_reads_huge_integers_as_floats():
-    assert services.decode_json(b'{"a": ' + b"9" * 400 + b"}")["a"] == float("inf")
+def test_decode_json_reads_integers_python_cannot_convert_as_floats():
+    assert services.decode_json(b'{"a": ' + b"9" * 5000 + b"}")["a"] == float("inf")
+    assert services.decode_json(b'{"a": ' + b"9" * 400 + b"}")["a"] == 10 ** 400 - 1
     assert services.decode_json(b'{"a": 12}')["a"] == 12
 
 

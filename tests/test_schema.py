@@ -5,7 +5,9 @@ import math
 
 import pytest
 
-from ml.schema import DatasetSpec, SpecError, check_value, example_record, validate_record
+from ml.schema import (DatasetSpec, SpecError, check_value, example_record, validate_record,
+                       validate_records)
+from ml.train import record_from_row
 
 
 def test_shipped_spec_round_trips(spec, tmp_path):
@@ -93,3 +95,51 @@ def test_validate_record_lists_every_problem_without_echoing_values(spec):
 @pytest.mark.parametrize("record", [None, [], "text", 3])
 def test_non_object_records_are_refused(spec, record):
     assert validate_record(spec, record) == [{"field": "body", "problem": "must be a JSON object"}]
+
+
+BATCH_DAMAGE = [
+    ("valid", lambda r, num, cat: None),
+    ("bool_for_number", lambda r, num, cat: r.update({num.name: True})),
+    ("string_number", lambda r, num, cat: r.update({num.name: "5"})),
+    ("nan", lambda r, num, cat: r.update({num.name: math.nan})),
+    ("infinity", lambda r, num, cat: r.update({num.name: -math.inf})),
+    ("huge_int", lambda r, num, cat: r.update({num.name: 10 ** 400})),
+    ("int_past_2_53", lambda r, num, cat: r.update({num.name: 2 ** 60 + 1})),
+    ("fraction_for_integer", lambda r, num, cat: r.update({num.name: 2.5})),
+    ("below_minimum", lambda r, num, cat: r.update({num.name: -1})),
+    ("above_maximum", lambda r, num, cat: r.update({num.name: 10 ** 9})),
+    ("null_number", lambda r, num, cat: r.update({num.name: None})),
+    ("null_category", lambda r, num, cat: r.update({cat.name: None})),
+    ("unknown_code", lambda r, num, cat: r.update({cat.name: "no_such_code"})),
+    ("int_for_code", lambda r, num, cat: r.update({cat.name: 1})),
+    ("list_value", lambda r, num, cat: r.update({cat.name: [cat.codes[0]]})),
+    ("object_value", lambda r, num, cat: r.update({num.name: {"a": 1}})),
+    ("missing_field", lambda r, num, cat: r.pop(num.name)),
+    ("extra_field", lambda r, num, cat: r.update(extra=1)),
+]
+
+
+@pytest.mark.parametrize("nullable", [False, True])
+@pytest.mark.parametrize("name, damage", BATCH_DAMAGE, ids=[n for n, _ in BATCH_DAMAGE])
+def test_batch_validation_reports_what_validate_record_reports(spec, dataset, name, damage,
+                                                               nullable):
+    if nullable:
+        raw = spec.to_dict()
+        for f in raw["features"]:
+            f["nullable"] = True
+        spec = DatasetSpec.from_dict(raw)
+    records = [record_from_row(row, spec) for _, row in dataset.X.head(50).iterrows()]
+    integer = next(f for f in spec.numeric if f.integer and f.minimum is not None
+                   and f.maximum is not None)
+    damage(records[37], integer, spec.categorical[0])
+    expected = [p for i, r in enumerate(records)
+                for p in validate_record(spec, r, f"instances[{i}].")]
+    assert validate_records(spec, records) == expected
+    assert (expected == []) == (name == "valid" or (nullable and name.startswith("null")))
+
+
+def test_batch_validation_of_non_objects(spec):
+    assert validate_records(spec, [1, None]) == [
+        {"field": "instances[0]", "problem": "must be a JSON object"},
+        {"field": "instances[1]", "problem": "must be a JSON object"}]
+    assert validate_records(spec, []) == []
