@@ -299,3 +299,21 @@ def test_an_unexpected_error_is_a_json_500_without_a_trace(client, app, example,
     monkeypatch.setattr(predictor, "predict", boom)
     body = assert_error(client.post("/predict", json=example), 500)
     assert "Traceback" not in body["message"]
+
+
+def test_bulk_pd_observation_equals_one_observe_per_value():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from app.metrics import PD, observe_many
+
+    values = [0.0, 0.05, 0.050001, 0.1, 0.33, 0.999, 1.0, 0.2, 0.2]
+    registry = CollectorRegistry()
+    one = Histogram("one", "per value", buckets=PD._upper_bounds[:-1], registry=registry)
+    bulk = Histogram("bulk", "bulk", buckets=PD._upper_bounds[:-1], registry=registry)
+    for v in values:
+        one.observe(v)
+    observe_many(bulk, values)
+    samples = {m.name: [(s.name.split("_", 1)[1], s.labels, s.value) for s in m.samples
+                        if not s.name.endswith("_created")]
+               for m in registry.collect()}
+    assert samples["one"] == samples["bulk"]
