@@ -135,8 +135,15 @@ def load_artifact(path: str | Path, check_versions: bool = True) -> Artifact:
 
 
 def has_serving_model(path: str | Path) -> bool:
-    """Whether the artifact at ``path`` carries a compiled model (older ones do not)."""
-    return bool(read_card(path).get("artifact", {}).get("fast_file"))
+    """Whether the artifact at ``path`` carries a compiled model this code can read.
+
+    Older artifacts have none, and one compiled with another layout
+    (:data:`ml.fastpath.FORMAT`) would be misread.
+    """
+    from ml.fastpath import FORMAT
+
+    sealed = read_card(path).get("artifact", {})
+    return bool(sealed.get("fast_file")) and sealed.get("fast_format") == FORMAT
 
 
 def load_serving(path: str | Path, check_versions: bool = True) -> Artifact:
@@ -197,7 +204,7 @@ def save_artifact(model: Any, card: dict[str, Any], root: str | Path,
 
     import joblib
 
-    from ml.fastpath import check_against, compile_model
+    from ml.fastpath import FORMAT, check_against, compile_model
 
     fast = compile_model(model)
     if check_frame is not None:
@@ -211,7 +218,8 @@ def save_artifact(model: Any, card: dict[str, Any], root: str | Path,
     with open(fast_path, "wb") as fh:
         pickle.dump(fast, fh, protocol=pickle.HIGHEST_PROTOCOL)
     card = {**card, "artifact": {"file": MODEL_FILE, "sha256": sha256_of(model_path),
-                                 "fast_file": FAST_FILE, "fast_sha256": sha256_of(fast_path)}}
+                                 "fast_file": FAST_FILE, "fast_sha256": sha256_of(fast_path),
+                                 "fast_format": FORMAT}}
     (directory / CARD_FILE).write_text(json.dumps(card, indent=2, default=_jsonable),
                                        encoding="utf-8")
     if update_latest:

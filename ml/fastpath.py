@@ -59,6 +59,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
     from sklearn.impute import SimpleImputer
 
+FORMAT = 2
+"""Version of the compiled objects' layout, recorded in the model card next to the pickle:
+bump it whenever a change here would misread an older pickle, and servers fall back to
+compiling the sklearn model of an artifact written with another layout."""
+
 UNKNOWN = -1.0
 """Raw value of a category code the encoder has never heard of (one-hot row of zeros)."""
 
