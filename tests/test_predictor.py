@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.artifact import (Artifact, ArtifactError, library_versions, load_artifact,
-                         save_artifact)
+from ml.artifact import (CARD_FILE, Artifact, ArtifactError, library_versions, load_artifact,
+                         resolve, save_artifact)
 from ml.config import DEFAULT_DATA
 from ml.data import load_dataset, read_raw
 from ml.pipeline import build_pipeline
@@ -354,3 +355,17 @@ def test_serving_never_imports_sklearn_scipy_or_pandas(trained_model_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_compiled_model_of_another_layout_is_not_read(trained_model_dir, tmp_path):
+    """An artifact compiled by an older fast path is served from its sklearn pickle."""
+    root = tmp_path / "models"
+    shutil.copytree(trained_model_dir, root)
+    card_path = resolve(root) / CARD_FILE
+    card = json.loads(card_path.read_text())
+    assert Predictor.load(root).artifact.model is None
+    card["artifact"]["fast_format"] = -1
+    card_path.write_text(json.dumps(card))
+    predictor = Predictor.load(root)
+    assert predictor.artifact.model is not None
+    predictor.self_test()
