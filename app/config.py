@@ -35,6 +35,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _write_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in ("async", "sync"):
+        raise ValueError(f"expected async or sync, got {text!r}")
+    return mode
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -58,6 +72,14 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
                                 "sqlite:///<temp dir>/predictions.db)"),
     "STORE_RETRY_SECONDS": (5, _positive_int, "After a store failure, seconds before it is "
                                               "tried again (predictions go on meanwhile)"),
+    "STORE_WRITE": ("async", _write_mode, "async: predictions are queued and written by a "
+                                          "background thread every STORE_FLUSH_SECONDS "
+                                          "(lost on a worker's SIGKILL/OOM kill, never on "
+                                          "a graceful stop); sync: written in the request"),
+    "STORE_FLUSH_SECONDS": (0.2, _positive_float, "async store: longest wait of a queued "
+                                                  "prediction before it is written"),
+    "STORE_QUEUE_ROWS": (10000, _positive_int, "async store: most predictions queued per "
+                                               "worker; beyond it they are dropped (counted)"),
     "MONITORING_LAST": (5000, _positive_int, "Predictions GET /monitoring looks at when "
                                              "neither last nor days is given"),
     "MONITORING_MAX_ROWS": (100000, _positive_int, "Most predictions one GET /monitoring "

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -59,10 +60,14 @@ class Server:
         self.log = tmp / "stdout.log"
         self.home = tmp / "home"
         self.home.mkdir()
+        self.database = tmp / "predictions.db"
         env = {k: v for k, v in os.environ.items()
                if k not in ("PROMETHEUS_MULTIPROC_DIR", "XDG_RUNTIME_DIR")}
+        # A flush interval longer than the module runs: every row is still queued when
+        # the server is stopped, so only the graceful exit can have written it.
         env.update(PORT=str(self.port), MODEL_DIR=str(model_dir), WEB_CONCURRENCY="2",
-                   HOME=str(self.home), TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
+                   HOME=str(self.home), TMPDIR=str(tmp), PYTHONUNBUFFERED="1",
+                   DATABASE_URL=f"sqlite:///{self.database}", STORE_FLUSH_SECONDS="300")
         self.started = time.monotonic()
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
@@ -180,12 +185,26 @@ def test_no_control_socket_is_opened(server):
     assert not (server.home / ".gunicorn").exists()
 
 
-def test_sigterm_stops_gracefully(server):
+def test_sigterm_stops_gracefully_and_every_queued_prediction_is_stored(server):
     # Runs last in this module: it ends the server.
     metrics_dir = next(server.home.parent.glob("credit-api-metrics-*"))
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=35) == 0
-    messages = [r["message"] for r in log_records(server.log)]
+    records = log_records(server.log)
+    messages = [r["message"] for r in records]
     assert "Handling signal: term" in messages
     assert any(m.startswith("Shutting down") for m in messages)
     assert not metrics_dir.exists()
+    # Every answered prediction of both workers, as their audit lines count them, is in
+    # the database (none was written before the stop: the flush interval is 300 s).
+    answered: dict[str, int] = {}
+    for r in records:
+        if r.get("endpoint") == "/predict" and r.get("status") == 200:
+            assert r["stored"] == "queued"
+            answered[r["request_id"]] = answered.get(r["request_id"], 0) + r.get("count", 1)
+    assert len({r["pid"] for r in records if r.get("endpoint") == "/predict"}) == 2
+    with sqlite3.connect(server.database) as conn:
+        stored = dict(conn.execute("SELECT request_id, COUNT(*) FROM predictions "
+                                   "GROUP BY request_id"))
+    assert stored == answered and sum(stored.values()) >= 50
+    assert "predictions not stored" not in messages

@@ -209,6 +209,7 @@ def test_monitor_job_writes_a_json_report_and_psi_plots(app, client, applicants,
 
     shifted = [{**a, "duration_in_month": 120} for a in applicants]
     predict(client, {"instances": shifted}, "job")
+    app.extensions["prediction_store"].flush()  # the job reads the database, not the queue
     out = tmp_path / "report"
     code = main(["monitor", "--database-url", app.config["DATABASE_URL"], "--model",
                  str(trained_model_dir), "--last", "1000", "--out", str(out)])

@@ -132,25 +132,64 @@ def test_rows_survive_an_app_restart_on_postgresql(postgres, trained_model_dir, 
     second.dispose()
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
 def test_a_stopped_server_keeps_predictions_and_recovers_after_restart(
-        postgres, app, example, capsys):
-    client = app.test_client()
-    assert client.post("/predict", json=example).status_code == 200
+        postgres, trained_model_dir, example, capsys, mode):
+    import json
+    import time
+
+    app = create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True,
+                      "DATABASE_URL": postgres.url(), "STORE_RETRY_SECONDS": 1,
+                      "STORE_WRITE": mode})
+    client, store = app.test_client(), app.extensions["prediction_store"]
+
+    def predict(request_id):
+        response = client.post("/predict", json=example, headers={"X-Request-ID": request_id})
+        assert response.status_code == 200
+        assert store.flush(10)  # async: written, or failed, before going on
+
+    predict(f"pg-before-{mode}")
     postgres.stop()
     try:
         capsys.readouterr()
-        for _ in range(2):
-            assert client.post("/predict", json=example).status_code == 200
-        lines = [line for line in capsys.readouterr().out.splitlines()
-                 if '"endpoint":"/predict"' in line]
-        assert len(lines) == 2 and all('"stored":false' in line for line in lines)
+        predict(f"pg-down-{mode}-0")
+        predict(f"pg-down-{mode}-1")
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        stored = [r["stored"] for r in records if r.get("endpoint") == "/predict"]
+        if mode == "sync":
+            assert stored == [False, False]
+        else:  # the first was queued and its write failed; the breaker dropped the second
+            assert stored == ["queued", "dropped"]
+            [warning] = [r for r in records if r["message"] == "predictions not stored"]
+            assert warning["rows"] == 1 and warning["request_ids"] == [f"pg-down-{mode}-0"]
         body = client.get("/ready")
         assert body.status_code == 200 and body.get_json()["store"] == "unavailable"
     finally:
         postgres.start()
-    import time
     time.sleep(1.1)  # STORE_RETRY_SECONDS
     assert client.get("/ready").get_json()["store"] == "ok"
-    response = client.post("/predict", json=example, headers={"X-Request-ID": "pg-back"})
-    assert response.status_code == 200
-    assert "pg-back" in {r["request_id"] for r in app.extensions["prediction_store"].window()}
+    predict(f"pg-back-{mode}")
+    ids = {r["request_id"] for r in store.window()}
+    assert {f"pg-before-{mode}", f"pg-back-{mode}"} <= ids
+    assert not {f"pg-down-{mode}-0", f"pg-down-{mode}-1"} & ids
+    store.dispose()
+
+
+def test_sync_save_and_a_queued_group_give_the_same_rows_on_postgresql(postgres, example):
+    from datetime import datetime, timezone
+
+    store = PredictionStore(postgres.url(), flush_seconds=60)
+    now = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    result = {"probability_of_default": 0.25, "decision": "decline"}
+    assert store.save("pg-sync", [example, example], [result] * 2, "m", "v", True, now=now) == 2
+    assert store.enqueue("pg-async", [example, example], [result] * 2, "m", "v", True, now=now)
+    assert store.flush(10)
+    rows = [r for r in store.window(days=1, now=now)
+            if r["request_id"] in ("pg-sync", "pg-async")]
+    strip = [{k: v for k, v in r.items() if k not in ("id", "request_id")} for r in rows]
+    assert len(rows) == 4 and strip[:2] == strip[2:]
+    assert strip[1] == {"item": 1, "batch": True, "created_at": now, "model_name": "m",
+                        "model_version": "v", "features": example,
+                        "probability_of_default": 0.25, "decision": "decline",
+                        "outcome": None, "labelled_at": None}
+    store.dispose()
