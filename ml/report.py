@@ -126,15 +126,20 @@ def _bound(x: float | None) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+def _threshold_method(evaluation: dict[str, Any] | None) -> str:
+    method = (evaluation or {}).get("out_of_fold", {}).get("method")
+    return f"; {method}" if method else ""
+
+
 def _candidates(evaluation: dict[str, Any] | None) -> str:
     if not evaluation or not evaluation.get("search"):
         return "The artifact has no `evaluation.json`; the search results are not available."
-    rows = [[c["family"], f"{c['val_auc']:.3f}", c["configs_tried"],
+    rows = [[c["family"], f"{c['oof_auc']:.3f}", c["configs_tried"],
              "`" + json.dumps(c["best_params"]) + "`"] for c in evaluation["search"]]
-    text = _table(["Family", "Validation AUC", "Configurations", "Best parameters"], rows)
-    calibration = evaluation.get("validation", {}).get("calibration")
+    text = _table(["Family", "Out-of-fold AUC", "Configurations", "Best parameters"], rows)
+    calibration = evaluation.get("out_of_fold", {}).get("calibration")
     if calibration:
-        text += "\n\nCalibration, validation log loss: " + ", ".join(
+        text += "\n\nCalibration, out-of-fold log loss: " + ", ".join(
             f"{m} {s['log_loss']:.4f}" for m, s in calibration.items()) + "."
     return text
 
@@ -173,7 +178,8 @@ def render_card(card: dict[str, Any], evaluation: dict[str, Any] | None = None,
             ["Selection", model.get("selection", "")],
             ["Refit", model.get("refit", "")],
             ["Decision threshold", f"decline when PD ≥ {threshold:.3f} (Bayes threshold of the "
-                                   f"cost matrix: {spec.cost.bayes_threshold:.3f})"],
+                                   f"cost matrix: {spec.cost.bayes_threshold:.3f})"
+                                   + _threshold_method(evaluation)],
             ["Libraries", ", ".join(f"{k} {v}" for k, v in card.get("libraries", {}).items())],
         ]),
         "### Candidates compared", _candidates(evaluation),

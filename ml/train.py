@@ -1,6 +1,7 @@
 """Training run: data → search → calibration → threshold → refit → evaluation → artifact.
 
-Refit policy: the search and the threshold use train/validation only; the chosen
+Refit policy: the search, the calibration and the threshold use train + validation only,
+through out-of-fold predictions of k-fold CV on those rows (ml.tune); the chosen
 configuration is then refitted on train + validation (80 % of the rows), and the test
 part (20 %) is scored once, by the final report. The repeated CV that measures
 variability runs on all rows, with the threshold held fixed.
@@ -75,19 +76,21 @@ def train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
     stages.done("data: %d rows validated against %s, split %d/%d/%d", len(data.y),
                 Path(options.spec).name, len(parts.y_train), len(parts.y_val), len(parts.y_test))
 
-    candidates = tune.search(spec, parts, options.seed, options.families, options.n_jobs)
-    best = tune.select(candidates)
-    stages.done("search: %s wins with validation AUC %.4f", best.family, best.val_auc)
-
-    calibration, calibration_scores, p_val = tune.choose_calibration(spec, best, parts,
-                                                                     options.seed)
-    threshold = tune.choose_threshold(spec, parts.y_val, p_val)
-    stages.done("calibration %s, threshold %.3f (Bayes %.3f)", calibration,
-                threshold["threshold"], threshold["bayes_threshold"])
-
-    model = tune.make_model(spec, best.family, best.params, calibration, options.seed)
     X_fit = pd.concat([parts.X_train, parts.X_val])
     y_fit = np.concatenate([parts.y_train, parts.y_val])
+    candidates = tune.search(spec, X_fit, y_fit, options.seed, options.families, options.n_jobs)
+    best = tune.select(candidates)
+    stages.done("search: %s wins with out-of-fold AUC %.4f (%d-fold CV on train+validation)",
+                best.family, best.oof_auc, tune.SEARCH_FOLDS)
+
+    calibration, calibration_scores, p_oof = tune.choose_calibration(spec, best, y_fit,
+                                                                     options.seed)
+    threshold = tune.choose_threshold(spec.cost, y_fit, p_oof)
+    stages.done("calibration %s, threshold %.3f (Bayes %.3f, empirical minimum %.3f)",
+                calibration, threshold["threshold"], threshold["bayes_threshold"],
+                threshold["empirical_cost_minimum"])
+
+    model = tune.make_model(spec, best.family, best.params, calibration, options.seed)
     model.fit(X_fit, y_fit)
     p_test = model.predict_proba(parts.X_test)[:, 1]
     test = evaluate.classification_metrics(
@@ -111,8 +114,9 @@ def train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
                                       threshold["threshold"]),
         "fairness_all_rows_out_of_fold": evaluate.fairness(data.X, spec, data.y, oof,
                                                            threshold["threshold"]),
-        "validation": {"calibration": calibration_scores, **threshold},
-        "search": [{"family": c.family, "best_params": c.params, "val_auc": c.val_auc,
+        "out_of_fold": {"folds": tune.SEARCH_FOLDS, "calibration": calibration_scores,
+                        **threshold},
+        "search": [{"family": c.family, "best_params": c.params, "oof_auc": c.oof_auc,
                     "configs_tried": c.n_configs} for c in candidates],
     }
     card = build_card(spec, data, model, options, best, calibration, threshold["threshold"],
@@ -147,7 +151,8 @@ def build_card(spec: DatasetSpec, data: Dataset, model: Any, options: TrainOptio
         "spec": spec.to_dict(),
         "libraries": library_versions(),
         "model": {"family": best.family, "params": best.params, "calibration": calibration,
-                  "selection": "highest ROC AUC on the fixed validation part",
+                  "selection": f"highest out-of-fold ROC AUC, {tune.SEARCH_FOLDS}-fold "
+                               "stratified CV on train + validation",
                   "refit": "chosen configuration refitted on train + validation (80 %)"},
         "threshold": threshold,
         "cost": vars(spec.cost).copy(),
