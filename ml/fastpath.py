@@ -323,7 +323,9 @@ class _Linear:
         self.intercept = float(np.asarray(est.intercept_).reshape(-1)[0])
 
     def decision(self, z: np.ndarray) -> np.ndarray:
-        return z @ self.coef + self.intercept
+        # Not z @ coef: BLAS rounds a row differently depending on its position in the
+        # batch, and one applicant must get one PD wherever it stands.
+        return (z * self.coef).sum(axis=1) + self.intercept
 
     def proba(self, z: np.ndarray) -> np.ndarray:
         return expit(self.decision(z))
@@ -610,14 +612,17 @@ class _Member:
         p[(p > 1.0) & (p <= 1.0 + 1e-5)] = 1.0
         return p
 
-    def what_if_linear(self, z: np.ndarray, zb: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    def what_if_linear(self, z: np.ndarray, zb: np.ndarray,
+                       by_feature: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """A linear member's P(x) and P(x with each feature set to the baseline's).
 
         No what-if rows are built: swapping feature j changes the decision by
-        ``sum((zb - z) * coef)`` over j's columns, one matrix product for all of them.
+        ``sum((zb - z) * coef)`` over j's columns, one ``reduceat`` for all of them
+        (``by_feature``: the columns grouped by feature, and each group's start).
         """
         decision = self.estimator.decision(z)
-        shift = ((zb - z) * self.estimator.coef) @ columns
+        order, starts = by_feature
+        shift = np.add.reduceat(((zb - z) * self.estimator.coef)[:, order], starts, axis=1)
         t = np.concatenate([decision[:, None], decision[:, None] + shift], axis=1)
         return expit(t) if self.calibrator is None else self.calibrated(t.reshape(-1)).reshape(
             t.shape)
@@ -637,9 +642,13 @@ class Baseline:
             z = m.encoder.encode_records([record])[0]
             # mask[j]: the encoded columns of feature j (float32 transposed for counting)
             mask = np.zeros((len(model.features), len(z)), dtype=bool)
-            for j, name in enumerate(model.features):
-                mask[j, m.encoder.columns_of(name)] = True
-            self.encoded.append((z, mask, mask.T.astype(np.float32), mask.T.astype(np.float64)))
+            groups = [m.encoder.columns_of(name) for name in model.features]
+            for j, columns in enumerate(groups):
+                mask[j, columns] = True
+            # The encoded columns grouped by feature, and where each group starts.
+            by_feature = (np.concatenate(groups).astype(np.intp),
+                          np.cumsum([0] + [len(g) for g in groups[:-1]]).astype(np.intp))
+            self.encoded.append((z, mask, mask.T.astype(np.float32), by_feature))
 
 
 class FastModel:
@@ -718,8 +727,9 @@ class FastModel:
             n = len(zs[0])
             if all(isinstance(m.estimator, _Linear) for m in self.members):
                 parts.append(self._mean([
-                    m.what_if_linear(z, zb, linear)
-                    for m, z, (zb, _, _, linear) in zip(self.members, zs, baseline.encoded)]))
+                    m.what_if_linear(z, zb, by_feature)
+                    for m, z, (zb, _, _, by_feature) in zip(self.members, zs,
+                                                            baseline.encoded)]))
                 continue
             # Only features whose value differs from the baseline's need a what-if row;
             # for the others the swap changes nothing and the answer is P(x) itself.

@@ -120,6 +120,23 @@ def test_the_pickled_model_a_server_loads_matches_predict_proba(
     assert b"sklearn" not in pickle.dumps(fast)
 
 
+@pytest.mark.parametrize("rows", [3, 40])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_an_applicant_gets_the_same_pd_wherever_it_stands_in_a_batch(
+        models, full, spec, family, rows):
+    """Bit for bit, with and without reason-code rows (BLAS products are not: they round a
+    row by its position)."""
+    fast = compile_model(models(family, None, "full"))
+    reference = fast.baseline(records_of(full[0].iloc[[50]], spec)[0])
+    for applicant in records_of(full[0].head(5), spec):
+        records = records_of(full[0].iloc[10:10 + rows], spec)
+        positions = range(0, rows, 2)
+        for i in positions:
+            records[i] = applicant
+        for result in (fast.predict_records(records), fast.predict_records(records, reference)):
+            assert all(np.array_equal(result[i], result[0]) for i in positions)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_one_record_at_a_time_matches_the_batch(models, full, spec, family):
     model = models(family, "sigmoid", "full")
