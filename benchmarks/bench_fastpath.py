@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     records = [record_of(data.X.iloc[i], spec) for i in range(len(data.X))]
     predictors = {f: fitted_predictor(spec, data.X, data.y, f) for f in args.families}
     if args.model:
-        predictors["trained artifact"] = Predictor.load(args.model)
+        predictors["trained artifact"] = Predictor.load(args.model, sklearn=True)
     best: dict[str, dict[str, float]] = {}
     for _ in range(args.rounds):  # interleaved: every model in every round
         for name, predictor in predictors.items():

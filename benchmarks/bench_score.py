@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = args.model or make_model(tmp / "models")
-        predictor = Predictor.load(model_dir)
+        predictor = Predictor.load(model_dir, sklearn=True)
         src = tmp / "portfolio.csv"
         make_portfolio(src, args.rows)
         size = src.stat().st_size
