@@ -17,7 +17,8 @@ from prometheus_client import Gauge
 from app import logs, services, store
 from app.errors import APIError
 from app.model import get_predictor
-from app.store import STORE_ERRORS, StoreUnavailable, get_store
+from app.store import get_store
+from ml.store import STORE_ERRORS, StoreUnavailable
 
 bp = Blueprint("monitoring", __name__)
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.store import PredictionStore, predictions  # noqa: E402
+from ml.store import PredictionStore, predictions  # noqa: E402
 from ml.config import DEFAULT_DATA, DEFAULT_SPEC  # noqa: E402
 from ml.data import load_dataset  # noqa: E402
 from ml.schema import DatasetSpec  # noqa: E402

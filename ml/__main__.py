@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         # The jobs that read the prediction store (monitor, retrain) meet database errors
-        # (app.store.StoreUnavailable or raw SQLAlchemy ones); say so in one line instead
+        # (ml.store.StoreUnavailable or raw SQLAlchemy ones); say so in one line instead
         # of a traceback, without importing either module for the other commands.
-        if not type(exc).__module__.startswith(("sqlalchemy", "app.store")):
+        if not type(exc).__module__.startswith(("sqlalchemy", "ml.store")):
             raise
         cause = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
         print(f"error: the prediction store is unavailable: {cause}", file=sys.stderr)

@@ -166,7 +166,7 @@ def open_store(url: str | None) -> Any:
     """The prediction store at ``url``, ``$DATABASE_URL`` or the API's default."""
     import os
 
-    from app.store import PredictionStore, default_url
+    from ml.store import PredictionStore, default_url
 
     return PredictionStore(url or os.environ.get("DATABASE_URL") or default_url(),
                            retry_seconds=0)

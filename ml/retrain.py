@@ -66,7 +66,7 @@ def retrain(model_dir: Path, rows: list[dict[str, Any]], data_path: Path = confi
     Returns:
         The report: rows used, both models' held-out metrics, the decision and why.
     """
-    from app.store import outcomes_frame
+    from ml.store import outcomes_frame
 
     champion = load_artifact(model_dir)
     card, spec = champion.card, champion.spec

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from app.store import PredictionStore
+from ml.store import PredictionStore
 from ml.__main__ import main
 from ml.artifact import LATEST, load_artifact, read_card
 from ml.train import record_from_row

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from app import create_app
-from app.store import PredictionStore, outcomes_frame
+from ml.store import PredictionStore, outcomes_frame
 
 RESULT = {"probability_of_default": 0.2, "decision": "approve"}
 
@@ -321,7 +321,7 @@ def test_a_failed_group_write_is_counted_and_logged_with_request_ids_only(
     assert store.flush(5)
     out = capsys.readouterr().out
     [warning] = [r for r in json_lines(out) if r["message"] == "predictions not stored"]
-    assert warning["level"] == "WARNING" and warning["logger"] == "app.store"
+    assert warning["level"] == "WARNING" and warning["logger"] == "ml.store"
     assert warning["rows"] == 3 and warning["request_ids"] == ["lost-1", "lost-2"]
     assert "no such table" in warning["reason"]
     assert set(warning) <= {"timestamp", "level", "logger", "message", "pid", "reason",
