@@ -27,10 +27,11 @@ What is compiled, and how sklearn 1.9 computes it (this module replicates each s
 All trees of an ensemble are packed into flat arrays and walked level by level for the
 whole batch at once (trees sorted by depth, so each level only touches trees that are
 still descending); there is no Python loop per tree or per row. That is what a request
-needs (one record, or one record and its what-if rows for reason codes). For batches of
-:data:`LARGE_BATCH` rows or more, a random forest's encoded matrix goes through
-sklearn's own compiled tree walk instead, tree by tree, which is exact by definition and
-faster per row there.
+needs (one record, or one record and its what-if rows for reason codes). When the model was
+compiled in this process (the batch scorer), batches of :data:`LARGE_BATCH` rows or more
+of a random forest go through sklearn's own compiled tree walk instead, tree by tree,
+which is exact by definition and faster per row there; a pickled model (the API) has
+no sklearn trees and always walks in numpy.
 
 Inputs come in a *raw* matrix, one float64 column per model input feature in
 :attr:`FastModel.features` order: numbers as they are (NaN = missing); categories as
