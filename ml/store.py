@@ -578,21 +578,13 @@ def outcomes_frame(rows: Iterable[dict[str, Any]], spec: Any) -> tuple[Any, Any]
     target is 1 where the outcome is the spec's positive class.
     """
     import numpy as np
-    import pandas as pd
+
+    from ml.predictor import records_to_frame
 
     rows = [r for r in rows if r.get("outcome") is not None]
-    columns = {}
-    for f in spec.features:
-        values = [r["features"].get(f.name) for r in rows]
-        if f.kind == "categorical":
-            columns[f.name] = pd.Series([np.nan if v is None else v for v in values],
-                                        dtype=object)
-        else:
-            columns[f.name] = pd.Series([np.nan if v is None else v for v in values],
-                                        dtype=float)
     y = np.array([1 if r["outcome"] == spec.target.positive else 0 for r in rows],
                  dtype=np.int64)
-    return pd.DataFrame(columns), y
+    return records_to_frame([r["features"] for r in rows], spec), y
 
 
 def flush_all(timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:
