@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from flask import Flask, Response, current_app, g, request
 
@@ -39,19 +39,24 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Serialise ``record``; fields passed as ``extra=`` become top-level keys."""
-        entry: dict[str, Any] = {
-            "timestamp": timestamp(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "pid": record.process,  # which gunicorn worker
-        }
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and key not in entry and key[0] != "_":
-                entry[key] = value
+        extra = {key: value for key, value in record.__dict__.items()
+                 if key not in _RESERVED and key[0] != "_"}
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
+            extra["exception"] = self.formatException(record.exc_info)
+        return json_line(record.created, record.levelname, record.name, record.getMessage(),
+                         record.process, extra)
+
+
+def json_line(created: float, level: str, logger: str, message: str, pid: int | None,
+              fields: Mapping[str, Any]) -> str:
+    """One log line: time, level, logger, message, pid (which gunicorn worker), then
+    ``fields`` (any that would overwrite those five are left out)."""
+    entry: dict[str, Any] = {"timestamp": timestamp(created), "level": level,
+                             "logger": logger, "message": message, "pid": pid}
+    for key, value in fields.items():
+        if key not in entry:
+            entry[key] = value
+    return json.dumps(entry, default=str, separators=(",", ":"))
 
 
 def timestamp(created: float) -> str:
@@ -186,10 +191,10 @@ def _write_request_line(level: int, fields: dict[str, Any]) -> None:
     level of the ``app.request`` logger. One ``write`` of the whole line, then a flush,
     so lines from other threads never interleave with it and none wait in a buffer.
     """
-    entry = {"timestamp": timestamp(time.time()), "level": logging.getLevelName(level),
-             "logger": log.name, "message": "request", "pid": os.getpid(), **fields}
+    line = json_line(time.time(), logging.getLevelName(level), log.name, "request",
+                     os.getpid(), fields)
     stream = sys.stdout
-    stream.write(json.dumps(entry, default=str, separators=(",", ":")) + "\n")
+    stream.write(line + "\n")
     stream.flush()
 
 
