@@ -134,10 +134,9 @@ def _not_ready() -> Response:
 @bp.get("/")
 def form() -> Response:
     """The empty form, prefilled with the model card's sample applicant."""
-    state = get_state()
-    if not state.ready:
+    predictor = get_state().predictor  # None until the model is loaded and self-tested
+    if predictor is None:
         return _not_ready()
-    predictor = state.predictor
     return _page(spec=predictor.spec, predictor=predictor, errors={},
                  values=form_values(predictor.spec, predictor.card.get("example") or {}))
 
@@ -145,10 +144,9 @@ def form() -> Response:
 @bp.post("/")
 def submit() -> Response:
     """Validate the form, score the applicant as ``POST /predict`` does, show the result."""
-    state = get_state()
-    if not state.ready:
+    predictor = get_state().predictor  # None until the model is loaded and self-tested
+    if predictor is None:
         return _not_ready()
-    predictor = state.predictor
     spec = predictor.spec
     record, problems = parse_form(spec, request.form)
     values = form_values(spec, request.form)
