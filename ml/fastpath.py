@@ -24,14 +24,16 @@ What is compiled, and how sklearn 1.9 computes it (this module replicates each s
   ``t`` clipped to ``[X_min_, X_max_]``, which is what ``interp1d`` delegates to for
   float64), values in ``(1, 1 + 1e-5]`` are set to 1, and the classifiers are averaged.
 
-All trees of an ensemble are packed into flat arrays and walked level by level for the
-whole batch at once (trees sorted by depth, so each level only touches trees that are
-still descending); there is no Python loop per tree or per row. That is what a request
-needs (one record, or one record and its what-if rows for reason codes). When the model was
-compiled in this process (the batch scorer), batches of :data:`LARGE_BATCH` rows or more
-of a random forest go through sklearn's own compiled tree walk instead, tree by tree,
-which is exact by definition and faster per row there; a pickled model (the API) has
-no sklearn trees and always walks in numpy.
+All trees of an ensemble are packed into flat arrays. When the C extension
+``ml/_treewalk.c`` is built (``pip install -e .`` compiles it; it is optional), each row
+walks every tree in C with the GIL released: about 9 µs per row of a 300-tree forest,
+for one request, its what-if rows and the batch scorer alike. Without it, the trees are
+walked in numpy level by level for the whole batch at once (trees sorted by depth, so
+each level only touches trees that are still descending), with no Python loop per tree
+or per row; both walks add the trees in the same order and give the same bits (tested).
+Without the extension, when the model was compiled in this process (the batch scorer),
+batches of :data:`LARGE_BATCH` rows or more of a random forest go through sklearn's own
+compiled tree walk instead, tree by tree.
 
 Inputs come in a *raw* matrix, one float64 column per model input feature in
 :attr:`FastModel.features` order: numbers as they are (NaN = missing); categories as
@@ -55,6 +57,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ml.artifact import ArtifactError
+
+try:  # the C tree walk (ml/_treewalk.c), built by `pip install`; optional
+    from ml import _treewalk
+except ImportError:  # pragma: no cover - no C compiler at install: numpy walks instead
+    _treewalk = None
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -385,6 +392,46 @@ class _TreeBank:
         # picks each node's next node, then each level is a single gather.
         self.node = (feature, threshold, left, right, value, starts)
         self.single_row_by_node = n <= self.NODES_PER_LEVEL * len(self.level_width)
+        self.native = self._pack()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The packed copy is rebuilt on load, so the pickle (and FORMAT) stays the same.
+        return {**self.__dict__, "native": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.native = self._pack()
+
+    def _pack(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None:
+        """The nodes laid out as ``ml/_treewalk.c`` reads them (``left < 0``: a leaf)."""
+        if _treewalk is None:
+            return None  # pragma: no cover - only without the extension
+        feature, threshold, left, right, value, starts = self.node
+        _require(len(left) < 2 ** 31, "too many tree nodes for the native walk")
+        wide = not self.float32
+        nodes = np.zeros(len(left), dtype=np.dtype(
+            [("feature", "=i4"), ("left", "=i4"), ("right", "=i4")]
+            + ([("unused", "=i4"), ("threshold", "=f8")] if wide else [("threshold", "=f4")])))
+        leaf = left == np.arange(len(left))
+        nodes["feature"] = feature
+        nodes["left"] = np.where(leaf, -1, left)
+        nodes["right"] = np.where(leaf, -1, right)
+        nodes["threshold"] = threshold
+        return nodes, np.ascontiguousarray(value, np.float64), starts.astype(np.int32), wide
+
+    def sums(self, z: np.ndarray) -> np.ndarray:
+        """Sum over the trees of the leaf value each row reaches, shape ``(n_rows,)``.
+
+        In C when the extension is built (about 25x faster for one row), else the numpy
+        walk below; both add the trees in the same order, so they give the same bits.
+        """
+        if self.native is None or _treewalk is None:
+            return self.leaf_values(z).sum(axis=0)
+        nodes, values, roots, wide = self.native
+        x = np.ascontiguousarray(z, dtype=np.float64 if wide else np.float32)
+        out = np.empty(len(x))
+        _treewalk.sum_leaves(nodes, values, roots, x, x.shape[1], out, wide)
+        return out
 
     def leaf_values(self, z: np.ndarray) -> np.ndarray:
         """Leaf value reached in every tree, shape ``(n_trees, n_rows)``."""
@@ -483,8 +530,8 @@ class _Forest:
         return {**self.__dict__, "trees": None}
 
     def proba(self, z: np.ndarray) -> np.ndarray:
-        if len(z) < LARGE_BATCH or self.trees is None:
-            return self.bank.leaf_values(z).sum(axis=0) / self.bank.n_trees
+        if len(z) < LARGE_BATCH or self.trees is None or self.bank.native is not None:
+            return self.bank.sums(z) / self.bank.n_trees
         # What RandomForestClassifier.predict_proba does, minus its joblib dispatch.
         x = np.ascontiguousarray(z[:, :self.n_in], dtype=np.float32)
         total = np.zeros(len(z))
@@ -523,7 +570,7 @@ class _Boosting:
     def decision(self, z: np.ndarray) -> np.ndarray:
         # Always the numpy walk: sklearn's OpenMP prediction is only as fast single-
         # threaded, and with all threads it thrashes (3x slower) on a busy machine.
-        return self.baseline + self.bank.leaf_values(z).sum(axis=0)
+        return self.baseline + self.bank.sums(z)
 
     def proba(self, z: np.ndarray) -> np.ndarray:
         return expit(self.decision(z))

@@ -1,6 +1,7 @@
 """The compiled fast path gives sklearn's probabilities, for every family the trainer can pick."""
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -15,6 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
+from ml import fastpath
 from ml.config import DEFAULT_DATA
 from ml.data import load_dataset, read_raw
 from ml.fastpath import LARGE_BATCH, UnsupportedModelError, check_against, compile_model
@@ -216,10 +218,17 @@ def test_tree_inputs_are_compared_in_float32_like_sklearn(spec, full):
     frame = pd.concat([X.iloc[[0]]] * len(scaled), ignore_index=True)
     frame[spec.numeric[j].name] = scaled * scaler.scale_[j] + scaler.mean_[j]
     fast = compile_model(model)
-    assert check_against(model, fast, frame) <= TOLERANCE
-    fast.members[0].estimator.bank.float32 = False  # the test must be able to tell
+    bank = fast.members[0].estimator.bank
+    assert check_against(model, fast, frame) <= TOLERANCE  # native walk (if built)
+    native, bank.native = bank.native, None
+    assert check_against(model, fast, frame) <= TOLERANCE  # numpy walk
+    bank.float32 = False  # the test must be able to tell, in both walks
     with pytest.raises(UnsupportedModelError):
         check_against(model, fast, frame)
+    if native is not None:
+        bank.native = bank._pack()
+        with pytest.raises(UnsupportedModelError):
+            check_against(model, fast, frame)
 
 
 def _pipeline_with(spec, numeric=None, categorical=None, estimator=None):
@@ -297,3 +306,52 @@ def test_large_batches_give_the_same_result(models, full, family):
     frame = full[0].sample(LARGE_BATCH + 10, replace=True, random_state=1)
     fast = compile_model(model)
     assert check_against(model, fast, frame) <= TOLERANCE
+
+
+def _member(models, family, variant="full"):
+    fast = compile_model(models(family, None, variant))
+    return fast, fast.members[0]
+
+
+@pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
+@pytest.mark.parametrize("variant", ["full", "blanked"])
+@pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting"])
+def test_native_and_numpy_tree_walks_give_the_same_bits(models, full, blanked, family, variant):
+    """The C walk adds the same leaves in the same order as the numpy one, row by row."""
+    fast, member = _member(models, family, variant)
+    X = full[0] if variant == "full" else blanked[0]
+    z = member.encoder.encode(fast.raw_from_frame(X))
+    bank = member.estimator.bank
+    assert bank.native is not None
+    native = bank.sums(z)
+    numpy_walk = bank.leaf_values(z).sum(axis=0)
+    assert np.array_equal(native, numpy_walk)
+    for i in (0, len(z) - 1):  # a row alone: the same bits as within the batch
+        assert np.array_equal(bank.sums(z[i:i + 1]), numpy_walk[i:i + 1])
+
+
+@pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
+@pytest.mark.parametrize("damage", ["child", "feature", "root", "sizes"])
+def test_native_walk_refuses_damaged_nodes_instead_of_reading_past_them(models, full, damage):
+    _, member = _member(models, "random_forest")
+    nodes, values, roots, wide = member.estimator.bank.native
+    nodes, roots = nodes.copy(), roots.copy()
+    x = np.zeros((2, member.encoder.n_out), dtype=np.float32)
+    out = np.empty(2)
+    if damage == "child":
+        nodes["left"][roots[0]] = nodes["right"][roots[0]] = len(nodes) + 7
+    elif damage == "feature":
+        nodes["feature"][roots[0]] = x.shape[1]
+    elif damage == "root":
+        roots[-1] = -2
+    else:
+        out = np.empty(3)
+    with pytest.raises(ValueError):
+        fastpath._treewalk.sum_leaves(nodes, values, roots, x, x.shape[1], out, wide)
+
+
+def test_the_native_walk_is_built_where_ci_runs():
+    """`pip install -e .` compiles ml/_treewalk.c; without it serving is ~5x slower."""
+    if fastpath._treewalk is None and not os.environ.get("CI"):
+        pytest.skip("the C tree walk is not built (no compiler?); CI must build it")
+    assert fastpath._treewalk is not None

@@ -1,0 +1,126 @@
+/* Native tree walk for ml.fastpath: the sum over an ensemble's trees of the leaf each
+ * row reaches.
+ *
+ * ml.fastpath packs a _TreeBank into a flat array of nodes (feature, left, right,
+ * threshold; left < 0 marks a leaf) plus one float64 value per node and one root per
+ * tree, and calls sum_leaves() with a C-contiguous matrix of rows. The tests are
+ * sklearn's: go right when x > threshold (so NaN goes left), with float32 rows and
+ * float32-floored thresholds for forests and float64 for gradient boosting. Each row adds
+ * its trees' leaf values in bank order, which is the order numpy's sum(axis=0) over the
+ * level-by-level walk uses: both give the same bits.
+ *
+ * Every index read from the nodes is checked against the bounds it indexes, so a corrupt
+ * array raises ValueError instead of reading outside memory. The GIL is released for
+ * the walk. Only the buffer protocol is used: no numpy headers are needed to build it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+typedef struct {
+    int32_t feature;
+    int32_t left;
+    int32_t right;
+    float threshold;
+} Node32;
+
+typedef struct {
+    int32_t feature;
+    int32_t left;
+    int32_t right;
+    int32_t unused;
+    double threshold;
+} Node64;
+
+/* One walker per node layout; returns 0, or -1 when an index is out of bounds. */
+#define DEFINE_WALK(NAME, NODE, XTYPE)                                                   \
+    static int NAME(const NODE *nodes, Py_ssize_t n_nodes, const double *values,          \
+                    const int32_t *roots, Py_ssize_t n_trees, const XTYPE *x,              \
+                    Py_ssize_t n_rows, Py_ssize_t width, double *out)                      \
+    {                                                                                      \
+        for (Py_ssize_t r = 0; r < n_rows; r++) {                                          \
+            const XTYPE *row = x + r * width;                                              \
+            double total = 0.0;                                                            \
+            for (Py_ssize_t t = 0; t < n_trees; t++) {                                     \
+                Py_ssize_t i = roots[t];                                                   \
+                if (i < 0 || i >= n_nodes) return -1;                                      \
+                while (nodes[i].left >= 0) {                                               \
+                    const NODE *node = nodes + i;                                          \
+                    if (node->feature < 0 || node->feature >= width) return -1;            \
+                    i = row[node->feature] > node->threshold ? node->right : node->left;   \
+                    if (i < 0 || i >= n_nodes) return -1;                                  \
+                }                                                                          \
+                total += values[i];                                                        \
+            }                                                                              \
+            out[r] = total;                                                                \
+        }                                                                                  \
+        return 0;                                                                          \
+    }
+
+DEFINE_WALK(walk32, Node32, float)
+DEFINE_WALK(walk64, Node64, double)
+
+static PyObject *
+sum_leaves(PyObject *self, PyObject *args)
+{
+    Py_buffer nodes, values, roots, x, out;
+    Py_ssize_t width;
+    int wide;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*nw*p", &nodes, &values, &roots, &x, &width, &out,
+                          &wide)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t node_size = wide ? (Py_ssize_t)sizeof(Node64) : (Py_ssize_t)sizeof(Node32);
+    Py_ssize_t x_size = wide ? (Py_ssize_t)sizeof(double) : (Py_ssize_t)sizeof(float);
+    Py_ssize_t n_nodes = nodes.len / node_size;
+    Py_ssize_t n_trees = roots.len / (Py_ssize_t)sizeof(int32_t);
+    Py_ssize_t n_rows = out.len / (Py_ssize_t)sizeof(double);
+    if (nodes.len % node_size || values.len != n_nodes * (Py_ssize_t)sizeof(double)
+        || roots.len % (Py_ssize_t)sizeof(int32_t) || out.len % (Py_ssize_t)sizeof(double)
+        || width <= 0 || x.len != n_rows * width * x_size) {
+        PyErr_SetString(PyExc_ValueError, "sum_leaves: buffer sizes do not match");
+        goto done;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    if (wide) {
+        status = walk64((const Node64 *)nodes.buf, n_nodes, (const double *)values.buf,
+                        (const int32_t *)roots.buf, n_trees, (const double *)x.buf, n_rows,
+                        width, (double *)out.buf);
+    } else {
+        status = walk32((const Node32 *)nodes.buf, n_nodes, (const double *)values.buf,
+                        (const int32_t *)roots.buf, n_trees, (const float *)x.buf, n_rows,
+                        width, (double *)out.buf);
+    }
+    Py_END_ALLOW_THREADS
+    if (status) {
+        PyErr_SetString(PyExc_ValueError, "sum_leaves: a node index is out of bounds");
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&nodes);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&roots);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"sum_leaves", sum_leaves, METH_VARARGS,
+     "sum_leaves(nodes, values, roots, x, width, out, wide): out[r] = sum over trees of\n"
+     "the value of the leaf row r of x reaches (see ml/_treewalk.c)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_treewalk", "Native tree walk for ml.fastpath.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__treewalk(void)
+{
+    return PyModule_Create(&module);
+}
