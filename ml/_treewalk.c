@@ -2,15 +2,16 @@
  * row reaches.
  *
  * ml.fastpath packs a _TreeBank into a flat array of nodes (feature, left, right,
- * threshold; left < 0 marks a leaf) plus one float64 value per node and one root per
- * tree, and calls sum_leaves() with a C-contiguous matrix of rows. The tests are
+ * threshold; a leaf's children are itself) plus one float64 value per node, one root and
+ * one depth per tree, and calls sum_leaves() with a C-contiguous matrix of rows. The tests are
  * sklearn's: go right when x > threshold (so NaN goes left), with float32 rows and
  * float32-floored thresholds for forests and float64 for gradient boosting. Each row adds
  * its trees' leaf values in bank order, which is the order numpy's sum(axis=0) over the
  * level-by-level walk uses: both give the same bits.
  *
- * Every index read from the nodes is checked against the bounds it indexes, so a corrupt
- * array raises ValueError instead of reading outside memory. The GIL is released for
+ * Every index read from the nodes is checked against the bounds it indexes, and every
+ * path must end on a leaf, so a corrupt array raises ValueError instead of reading outside
+ * memory or summing inner nodes. The GIL is released for
  * the walk. Only the buffer protocol is used: no numpy headers are needed to build it.
  */
 #define PY_SSIZE_T_CLEAN
@@ -32,27 +33,47 @@ typedef struct {
     double threshold;
 } Node64;
 
-/* One walker per node layout; returns 0, or -1 when an index is out of bounds. */
+/* Trees walked side by side: their steps do not depend on each other, so the CPU
+ * overlaps their memory loads instead of waiting on one path at a time. */
+#define BLOCK 8
+
+/* One walker per node layout; returns 0, or -1 when an index is out of bounds. A leaf
+ * points at itself, so every tree of a block takes as many steps as the deepest one. */
 #define DEFINE_WALK(NAME, NODE, XTYPE)                                                   \
     static int NAME(const NODE *nodes, Py_ssize_t n_nodes, const double *values,          \
-                    const int32_t *roots, Py_ssize_t n_trees, const XTYPE *x,              \
-                    Py_ssize_t n_rows, Py_ssize_t width, double *out)                      \
+                    const int32_t *roots, const int32_t *depths, Py_ssize_t n_trees,       \
+                    const XTYPE *x, Py_ssize_t n_rows, Py_ssize_t width, double *out)      \
     {                                                                                      \
         for (Py_ssize_t r = 0; r < n_rows; r++) {                                          \
-            const XTYPE *row = x + r * width;                                              \
-            double total = 0.0;                                                            \
-            for (Py_ssize_t t = 0; t < n_trees; t++) {                                     \
-                Py_ssize_t i = roots[t];                                                   \
-                if (i < 0 || i >= n_nodes) return -1;                                      \
-                while (nodes[i].left >= 0) {                                               \
-                    const NODE *node = nodes + i;                                          \
-                    if (node->feature < 0 || node->feature >= width) return -1;            \
-                    i = row[node->feature] > node->threshold ? node->right : node->left;   \
-                    if (i < 0 || i >= n_nodes) return -1;                                  \
-                }                                                                          \
-                total += values[i];                                                        \
+            out[r] = 0.0;                                                                  \
+        }                                                                                  \
+        for (Py_ssize_t t0 = 0; t0 < n_trees; t0 += BLOCK) {                               \
+            const int nb = n_trees - t0 < BLOCK ? (int)(n_trees - t0) : BLOCK;             \
+            int32_t levels = 0;                                                            \
+            for (int k = 0; k < nb; k++) {                                                 \
+                if (roots[t0 + k] < 0 || roots[t0 + k] >= n_nodes) return -1;              \
+                if (depths[t0 + k] > levels) levels = depths[t0 + k];                      \
             }                                                                              \
-            out[r] = total;                                                                \
+            for (Py_ssize_t r = 0; r < n_rows; r++) {                                      \
+                const XTYPE *row = x + r * width;                                          \
+                Py_ssize_t at[BLOCK];                                                      \
+                for (int k = 0; k < nb; k++) at[k] = roots[t0 + k];                        \
+                for (int32_t d = 0; d < levels; d++) {                                     \
+                    for (int k = 0; k < nb; k++) {                                         \
+                        const NODE *node = nodes + at[k];                                  \
+                        if ((size_t)node->feature >= (size_t)width) return -1;             \
+                        Py_ssize_t next = row[node->feature] > node->threshold             \
+                                          ? node->right : node->left;                      \
+                        if ((size_t)next >= (size_t)n_nodes) return -1;                    \
+                        at[k] = next;                                                      \
+                    }                                                                      \
+                }                                                                          \
+                for (int k = 0; k < nb; k++) {                                             \
+                    const NODE *node = nodes + at[k];                                      \
+                    if (node->left != at[k] || node->right != at[k]) return -1;            \
+                    out[r] += values[at[k]];                                               \
+                }                                                                          \
+            }                                                                              \
         }                                                                                  \
         return 0;                                                                          \
     }
@@ -63,11 +84,11 @@ DEFINE_WALK(walk64, Node64, double)
 static PyObject *
 sum_leaves(PyObject *self, PyObject *args)
 {
-    Py_buffer nodes, values, roots, x, out;
+    Py_buffer nodes, values, roots, depths, x, out;
     Py_ssize_t width;
     int wide;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*nw*p", &nodes, &values, &roots, &x, &width, &out,
-                          &wide)) {
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*nw*p", &nodes, &values, &roots, &depths, &x,
+                          &width, &out, &wide)) {
         return NULL;
     }
     PyObject *result = NULL;
@@ -77,8 +98,9 @@ sum_leaves(PyObject *self, PyObject *args)
     Py_ssize_t n_trees = roots.len / (Py_ssize_t)sizeof(int32_t);
     Py_ssize_t n_rows = out.len / (Py_ssize_t)sizeof(double);
     if (nodes.len % node_size || values.len != n_nodes * (Py_ssize_t)sizeof(double)
-        || roots.len % (Py_ssize_t)sizeof(int32_t) || out.len % (Py_ssize_t)sizeof(double)
-        || width <= 0 || x.len != n_rows * width * x_size) {
+        || roots.len % (Py_ssize_t)sizeof(int32_t) || depths.len != roots.len
+        || out.len % (Py_ssize_t)sizeof(double) || width <= 0
+        || x.len != n_rows * width * x_size) {
         PyErr_SetString(PyExc_ValueError, "sum_leaves: buffer sizes do not match");
         goto done;
     }
@@ -86,16 +108,17 @@ sum_leaves(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     if (wide) {
         status = walk64((const Node64 *)nodes.buf, n_nodes, (const double *)values.buf,
-                        (const int32_t *)roots.buf, n_trees, (const double *)x.buf, n_rows,
-                        width, (double *)out.buf);
+                        (const int32_t *)roots.buf, (const int32_t *)depths.buf, n_trees,
+                        (const double *)x.buf, n_rows, width, (double *)out.buf);
     } else {
         status = walk32((const Node32 *)nodes.buf, n_nodes, (const double *)values.buf,
-                        (const int32_t *)roots.buf, n_trees, (const float *)x.buf, n_rows,
-                        width, (double *)out.buf);
+                        (const int32_t *)roots.buf, (const int32_t *)depths.buf, n_trees,
+                        (const float *)x.buf, n_rows, width, (double *)out.buf);
     }
     Py_END_ALLOW_THREADS
     if (status) {
-        PyErr_SetString(PyExc_ValueError, "sum_leaves: a node index is out of bounds");
+        PyErr_SetString(PyExc_ValueError,
+                        "sum_leaves: a node index is out of bounds or a path is too short");
         goto done;
     }
     result = Py_NewRef(Py_None);
@@ -103,6 +126,7 @@ done:
     PyBuffer_Release(&nodes);
     PyBuffer_Release(&values);
     PyBuffer_Release(&roots);
+    PyBuffer_Release(&depths);
     PyBuffer_Release(&x);
     PyBuffer_Release(&out);
     return result;
@@ -110,8 +134,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"sum_leaves", sum_leaves, METH_VARARGS,
-     "sum_leaves(nodes, values, roots, x, width, out, wide): out[r] = sum over trees of\n"
-     "the value of the leaf row r of x reaches (see ml/_treewalk.c)."},
+     "sum_leaves(nodes, values, roots, depths, x, width, out, wide): out[r] = sum over\n"
+     "trees of the value of the leaf that row r of x reaches in depths[t] steps from\n"
+     "roots[t] (see ml/_treewalk.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -402,8 +402,8 @@ class _TreeBank:
         self.__dict__.update(state)
         self.native = self._pack()
 
-    def _pack(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None:
-        """The nodes laid out as ``ml/_treewalk.c`` reads them (``left < 0``: a leaf)."""
+    def _pack(self) -> tuple[np.ndarray, ...] | None:
+        """The nodes laid out as ``ml/_treewalk.c`` reads them, with roots and depths."""
         if _treewalk is None:
             return None  # pragma: no cover - only without the extension
         feature, threshold, left, right, value, starts = self.node
@@ -412,12 +412,13 @@ class _TreeBank:
         nodes = np.zeros(len(left), dtype=np.dtype(
             [("feature", "=i4"), ("left", "=i4"), ("right", "=i4")]
             + ([("unused", "=i4"), ("threshold", "=f8")] if wide else [("threshold", "=f4")])))
-        leaf = left == np.arange(len(left))
-        nodes["feature"] = feature
-        nodes["left"] = np.where(leaf, -1, left)
-        nodes["right"] = np.where(leaf, -1, right)
-        nodes["threshold"] = threshold
-        return nodes, np.ascontiguousarray(value, np.float64), starts.astype(np.int32), wide
+        nodes["feature"], nodes["threshold"] = feature, threshold
+        nodes["left"], nodes["right"] = left, right  # a leaf points at itself
+        # Trees are sorted deepest first: tree k is still descending at level d while
+        # k < level_width[d].
+        depths = (np.array(self.level_width)[:, None] > np.arange(self.n_trees)).sum(axis=0)
+        return (nodes, np.ascontiguousarray(value, np.float64), starts.astype(np.int32),
+                depths.astype(np.int32), wide)
 
     def sums(self, z: np.ndarray) -> np.ndarray:
         """Sum over the trees of the leaf value each row reaches, shape ``(n_rows,)``.
@@ -427,10 +428,10 @@ class _TreeBank:
         """
         if self.native is None or _treewalk is None:
             return self.leaf_values(z).sum(axis=0)
-        nodes, values, roots, wide = self.native
+        nodes, values, roots, depths, wide = self.native
         x = np.ascontiguousarray(z, dtype=np.float64 if wide else np.float32)
         out = np.empty(len(x))
-        _treewalk.sum_leaves(nodes, values, roots, x, x.shape[1], out, wide)
+        _treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
         return out
 
     def leaf_values(self, z: np.ndarray) -> np.ndarray:

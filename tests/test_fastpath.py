@@ -331,11 +331,11 @@ def test_native_and_numpy_tree_walks_give_the_same_bits(models, full, blanked, f
 
 
 @pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
-@pytest.mark.parametrize("damage", ["child", "feature", "root", "sizes"])
+@pytest.mark.parametrize("damage", ["child", "feature", "root", "short path", "sizes"])
 def test_native_walk_refuses_damaged_nodes_instead_of_reading_past_them(models, full, damage):
     _, member = _member(models, "random_forest")
-    nodes, values, roots, wide = member.estimator.bank.native
-    nodes, roots = nodes.copy(), roots.copy()
+    nodes, values, roots, depths, wide = member.estimator.bank.native
+    nodes, roots, depths = nodes.copy(), roots.copy(), depths.copy()
     x = np.zeros((2, member.encoder.n_out), dtype=np.float32)
     out = np.empty(2)
     if damage == "child":
@@ -344,10 +344,12 @@ def test_native_walk_refuses_damaged_nodes_instead_of_reading_past_them(models, 
         nodes["feature"][roots[0]] = x.shape[1]
     elif damage == "root":
         roots[-1] = -2
+    elif damage == "short path":  # the walk would stop on an inner node
+        depths[:] = 0
     else:
         out = np.empty(3)
     with pytest.raises(ValueError):
-        fastpath._treewalk.sum_leaves(nodes, values, roots, x, x.shape[1], out, wide)
+        fastpath._treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
 
 
 def test_the_native_walk_is_built_where_ci_runs():
