@@ -1,8 +1,8 @@
 /* Native tree walk for ml.fastpath: the sum over an ensemble's trees of the leaf each
  * row reaches.
  *
- * ml.fastpath packs a _TreeBank into a flat array of nodes (feature, left, right,
- * threshold; a leaf's children are itself) plus one float64 value per node, one root and
+ * ml.fastpath packs a _TreeBank into a flat array of nodes (feature, threshold, left,
+ * right; a leaf's children are itself) plus one float64 value per node, one root and
  * one depth per tree, and calls sum_leaves() with a C-contiguous matrix of rows. The tests are
  * sklearn's: go right when x > threshold (so NaN goes left), with float32 rows and
  * float32-floored thresholds for forests and float64 for gradient boosting. Each row adds
@@ -18,24 +18,29 @@
 #include <Python.h>
 #include <stdint.h>
 
+/* child[0] is the left child, child[1] the right one: the comparison's result picks the
+ * next node by indexing, not by a branch, which rows of real data mispredict half the
+ * time (a branch made a 1,000-row batch 2.5x slower per row than one repeated row). */
 typedef struct {
     int32_t feature;
-    int32_t left;
-    int32_t right;
     float threshold;
+    int32_t child[2];
 } Node32;
 
 typedef struct {
     int32_t feature;
-    int32_t left;
-    int32_t right;
     int32_t unused;
     double threshold;
+    int32_t child[2];
 } Node64;
 
 /* Trees walked side by side: their steps do not depend on each other, so the CPU
  * overlaps their memory loads instead of waiting on one path at a time. */
 #define BLOCK 8
+
+/* Rows per pass over the trees: their part of x stays in the L1/L2 cache while every
+ * tree reads it (a whole 50,000-row matrix re-read per tree ran 3x slower per row). */
+#define ROWS 128
 
 /* One walker per node layout; returns 0, or -1 when an index is out of bounds. A leaf
  * points at itself, so every tree of a block takes as many steps as the deepest one. */
@@ -47,31 +52,36 @@ typedef struct {
         for (Py_ssize_t r = 0; r < n_rows; r++) {                                          \
             out[r] = 0.0;                                                                  \
         }                                                                                  \
-        for (Py_ssize_t t0 = 0; t0 < n_trees; t0 += BLOCK) {                               \
-            const int nb = n_trees - t0 < BLOCK ? (int)(n_trees - t0) : BLOCK;             \
-            int32_t levels = 0;                                                            \
-            for (int k = 0; k < nb; k++) {                                                 \
-                if (roots[t0 + k] < 0 || roots[t0 + k] >= n_nodes) return -1;              \
-                if (depths[t0 + k] > levels) levels = depths[t0 + k];                      \
-            }                                                                              \
-            for (Py_ssize_t r = 0; r < n_rows; r++) {                                      \
-                const XTYPE *row = x + r * width;                                          \
-                Py_ssize_t at[BLOCK];                                                      \
-                for (int k = 0; k < nb; k++) at[k] = roots[t0 + k];                        \
-                for (int32_t d = 0; d < levels; d++) {                                     \
+        for (Py_ssize_t t = 0; t < n_trees; t++) {                                         \
+            if (roots[t] < 0 || roots[t] >= n_nodes) return -1;                            \
+        }                                                                                  \
+        for (Py_ssize_t r0 = 0; r0 < n_rows; r0 += ROWS) {                                 \
+            const Py_ssize_t r1 = n_rows - r0 < ROWS ? n_rows : r0 + ROWS;                 \
+            for (Py_ssize_t t0 = 0; t0 < n_trees; t0 += BLOCK) {                           \
+                const int nb = n_trees - t0 < BLOCK ? (int)(n_trees - t0) : BLOCK;         \
+                int32_t levels = 0;                                                        \
+                for (int k = 0; k < nb; k++) {                                             \
+                    if (depths[t0 + k] > levels) levels = depths[t0 + k];                  \
+                }                                                                          \
+                for (Py_ssize_t r = r0; r < r1; r++) {                                     \
+                    const XTYPE *row = x + r * width;                                      \
+                    Py_ssize_t at[BLOCK];                                                  \
+                    for (int k = 0; k < nb; k++) at[k] = roots[t0 + k];                    \
+                    for (int32_t d = 0; d < levels; d++) {                                 \
+                        for (int k = 0; k < nb; k++) {                                     \
+                            const NODE *node = nodes + at[k];                              \
+                            if ((size_t)node->feature >= (size_t)width) return -1;         \
+                            Py_ssize_t next = node->child[row[node->feature]               \
+                                                          > node->threshold];              \
+                            if ((size_t)next >= (size_t)n_nodes) return -1;                \
+                            at[k] = next;                                                  \
+                        }                                                                  \
+                    }                                                                      \
                     for (int k = 0; k < nb; k++) {                                         \
                         const NODE *node = nodes + at[k];                                  \
-                        if ((size_t)node->feature >= (size_t)width) return -1;             \
-                        Py_ssize_t next = row[node->feature] > node->threshold             \
-                                          ? node->right : node->left;                      \
-                        if ((size_t)next >= (size_t)n_nodes) return -1;                    \
-                        at[k] = next;                                                      \
+                        if (node->child[0] != at[k] || node->child[1] != at[k]) return -1; \
+                        out[r] += values[at[k]];                                           \
                     }                                                                      \
-                }                                                                          \
-                for (int k = 0; k < nb; k++) {                                             \
-                    const NODE *node = nodes + at[k];                                      \
-                    if (node->left != at[k] || node->right != at[k]) return -1;            \
-                    out[r] += values[at[k]];                                               \
                 }                                                                          \
             }                                                                              \
         }                                                                                  \

@@ -410,8 +410,9 @@ class _TreeBank:
         _require(len(left) < 2 ** 31, "too many tree nodes for the native walk")
         wide = not self.float32
         nodes = np.zeros(len(left), dtype=np.dtype(
-            [("feature", "=i4"), ("left", "=i4"), ("right", "=i4")]
-            + ([("unused", "=i4"), ("threshold", "=f8")] if wide else [("threshold", "=f4")])))
+            [("feature", "=i4")]
+            + ([("unused", "=i4"), ("threshold", "=f8")] if wide else [("threshold", "=f4")])
+            + [("left", "=i4"), ("right", "=i4")]))
         nodes["feature"], nodes["threshold"] = feature, threshold
         nodes["left"], nodes["right"] = left, right  # a leaf points at itself
         # Trees are sorted deepest first: tree k is still descending at level d while
