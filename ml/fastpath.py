@@ -48,9 +48,11 @@ scores without ever importing sklearn, scipy or pandas (see :func:`ml.artifact.l
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -76,11 +78,38 @@ UNKNOWN = -1.0
 """Raw value of a category code the encoder has never heard of (one-hot row of zeros)."""
 
 LARGE_BATCH = 256
-"""From this many encoded rows on, a random forest's trees are walked by sklearn's own
-compiled ``Tree.apply``, one call per tree, on the encoded matrix (still no pandas, and
-none of ``predict_proba``'s ~30 ms joblib dispatch): the loop's ~3 ms is then repaid by
-a per-row cost 3x below the numpy walk's. Below it the numpy walk wins (measured on
-the trained forest: 0.6 ms against 3.4 ms for 19 rows, 29 against 17 ms for 1,000)."""
+"""Without the C walk: from this many encoded rows on, a random forest's trees are
+walked by sklearn's own compiled ``Tree.apply``, one call per tree, on the encoded matrix
+(still no pandas, and none of ``predict_proba``'s ~30 ms joblib dispatch): the loop's
+~3 ms is then repaid by a per-row cost 3x below the numpy walk's. Below it the numpy
+walk wins (measured on the trained forest: 0.6 ms against 3.4 ms for 19 rows, 29
+against 17 ms for 1,000)."""
+
+THREAD_ROWS = 1024
+"""Inside :func:`walk_threads`, the C walk splits batches into parts of at least this
+many rows, one per thread."""
+
+_walkers: tuple[ThreadPoolExecutor, int] | None = None  # (pool, threads) in walk_threads
+
+
+@contextlib.contextmanager
+def walk_threads(threads: int) -> Iterator[None]:
+    """Within the block, large batches' tree walks run on ``threads`` threads.
+
+    The C walk releases the GIL, so a batch job (``python -m ml score``) gains from every
+    core. The API does not use this: its gunicorn workers already take one core each.
+    Not re-entrant, and meant for one job per process.
+    """
+    global _walkers
+    if threads <= 1 or _treewalk is None or _walkers is not None:
+        yield
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="tree-walk") as pool:
+        _walkers = (pool, threads)
+        try:
+            yield
+        finally:
+            _walkers = None
 
 
 class UnsupportedModelError(ArtifactError):
@@ -432,7 +461,17 @@ class _TreeBank:
         nodes, values, roots, depths, wide = self.native
         x = np.ascontiguousarray(z, dtype=np.float64 if wide else np.float32)
         out = np.empty(len(x))
-        _treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
+        pool, threads = _walkers or (None, 1)
+        parts = min(threads, len(x) // THREAD_ROWS)
+        bounds = np.linspace(0, len(x), max(parts, 1) + 1).astype(int)
+        walks = [functools.partial(_treewalk.sum_leaves, nodes, values, roots, depths,
+                                   x[a:b], x.shape[1], out[a:b], wide)
+                 for a, b in zip(bounds[:-1], bounds[1:])]
+        if len(walks) == 1:
+            walks[0]()
+        else:  # each thread fills its own rows of out
+            for future in [pool.submit(walk) for walk in walks]:
+                future.result()
         return out
 
     def leaf_values(self, z: np.ndarray) -> np.ndarray:

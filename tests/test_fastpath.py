@@ -357,3 +357,17 @@ def test_the_native_walk_is_built_where_ci_runs():
     if fastpath._treewalk is None and not os.environ.get("CI"):
         pytest.skip("the C tree walk is not built (no compiler?); CI must build it")
     assert fastpath._treewalk is not None
+
+
+@pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
+@pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting"])
+def test_a_batch_walked_on_several_threads_gives_the_same_bits(models, full, family):
+    fast, member = _member(models, family)
+    z = member.encoder.encode(fast.raw_from_frame(full[0]))
+    z = np.concatenate([z] * (2 * fastpath.THREAD_ROWS // len(z) + 2))
+    alone = member.estimator.bank.sums(z)
+    with fastpath.walk_threads(3):
+        assert fastpath._walkers is not None
+        threaded = member.estimator.bank.sums(z)
+    assert fastpath._walkers is None
+    assert np.array_equal(threaded, alone)
