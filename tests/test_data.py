@@ -37,11 +37,21 @@ def _raw():
     (lambda df: df.assign(creditability=np.where(df.index % 2, "good", "meh")), "not found"),
     (lambda df: df.drop(columns=["creditability"]), "target column 'creditability': missing"),
     (lambda df: df.assign(creditability=np.where(df.index < 5, "bad", "good")), "only 5 rows"),
+    (lambda df: df.assign(creditability=np.where(df.index < 5, "NA", df.creditability)),
+     "5 rows have no value"),
 ])
 def test_bad_frames_fail_naming_the_column(spec, mutate, message):
     with pytest.raises(DataError) as err:
         validate_frame(mutate(_raw()), spec)
     assert any(message in p for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize("spell", [str.upper, str.capitalize, lambda v: f"  {v} "])
+def test_target_classes_ignore_case_and_spaces(spec, dataset, spell):
+    raw = _raw()
+    raw.loc[::3, "creditability"] = raw.loc[::3, "creditability"].map(spell)
+    _, y = validate_frame(raw, spec)
+    assert (y == dataset.y).all()
 
 
 def test_every_problem_is_reported_at_once(spec):
