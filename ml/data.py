@@ -95,8 +95,10 @@ def convert_column(text: pd.Series, feature: Feature) -> tuple[pd.Series, str | 
     missing = stripped.str.lower().isin(MISSING_TOKENS)
     problems = []
     if feature.kind == CATEGORICAL:
-        lookup = {c.value: c.code for c in feature.categories}
-        lookup.update({c.code: c.code for c in feature.categories})
+        # Codes are accepted too, but a raw value wins over another category's code
+        # ("Own" and "own" are drafted as codes "own" and "own_2").
+        lookup = {c.code: c.code for c in feature.categories}
+        lookup.update({c.value: c.code for c in feature.categories})
         converted = stripped.map(lookup)
         bad = converted.isna() & ~missing
         if bad.any():

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from ml import config
-from ml.data import DataError, load_dataset, read_raw, split, validate_frame
+from ml.data import DataError, convert_column, load_dataset, read_raw, split, validate_frame
+from ml.schema import CATEGORICAL, Category, Feature
 
 
 def test_shipped_data_meets_its_spec(dataset, spec):
@@ -66,6 +67,13 @@ def test_codes_are_accepted_as_well_as_raw_values(spec, dataset):
     raw["purpose"] = dataset.X["purpose"].to_numpy()
     X, _ = validate_frame(raw, spec)
     assert (X["purpose"] == dataset.X["purpose"]).all()
+
+
+def test_a_raw_value_wins_over_another_categorys_code():
+    feature = Feature("home", CATEGORICAL, "Home", categories=(
+        Category("own", "Own", "Own"), Category("own_2", "own", "own")))
+    converted, problem = convert_column(pd.Series(["Own", "own", "own_2"]), feature)
+    assert list(converted) == ["own", "own_2", "own_2"] and problem is None
 
 
 def test_split_is_stratified_disjoint_and_reproducible(dataset):
