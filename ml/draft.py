@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 _OPERATORS = (("≥", " ge "), ("≤", " le "), (">=", " ge "), ("<=", " le "), ("<", " lt "),
               (">", " gt "), ("&", " and "), ("+", " plus "), ("%", " pct "))
+# Thousands separators, currency signs and units around a number ("$1,200", "12 %").
+_NUMBER_DECORATION = r"[,\s$€£%]"
 # Whole-number columns with at most this many values may be codes: the draft says so.
 FEW_CODES = 10
 
@@ -82,6 +84,13 @@ def unusable(name: str, text: pd.Series, max_categories: int = 50) -> str | None
             return "it looks like a row identifier (a different whole number in every row)"
         return None
     if distinct > max_categories:
+        cleaned = pd.to_numeric(present.str.replace(_NUMBER_DECORATION, "", regex=True),
+                                errors="coerce")
+        if cleaned.notna().mean() >= 0.9:
+            shown = sorted(present[numbers.isna()].unique())[:3]
+            return (f"it looks numeric but {int(numbers.isna().sum())} values are not plain "
+                    f"numbers (e.g. {shown}): write them without separators, units or "
+                    "currency signs, leave missing ones empty, and draft again")
         return (f"it has {distinct} distinct text values, too many for a categorical "
                 "feature: group them into fewer values and add it to the spec by hand")
     return None

@@ -105,6 +105,8 @@ def test_draft_of_awkward_columns_loads_and_validates_its_data(tmp_path, caplog)
     (["7"] * 30, "single value"),
     ([str(i) for i in range(30)], "row identifier"),
     ([f"t{i}" for i in range(60)], "60 distinct text values"),
+    ([f"{i},{i % 1000:03d}" for i in range(60)], "60 values are not plain numbers"),
+    ([str(i) for i in range(1, 58)] + ["-", "unknown", "-"], "3 values are not plain"),
 ])
 def test_unusable_columns_are_named_with_a_reason(values, reason):
     assert reason in unusable("c", pd.Series(values))
