@@ -12,7 +12,8 @@ from ml.__main__ import main
 from ml.artifact import load_artifact, resolve
 from ml.data import load_dataset, read_raw
 from ml.schema import DatasetSpec, validate_record
-from ml.train import GRADES, TrainOptions, train
+from ml import train as train_module
+from ml.train import GRADES, TrainOptions, sample_rows, train
 
 pytestmark = pytest.mark.slow
 
@@ -126,3 +127,23 @@ def test_another_credit_csv_with_missing_values_trains_without_code_change(tmp_p
     record = {**artifact.card["example"], "amount_eur": None}
     assert validate_record(artifact.spec, record) == []
     assert 0 < artifact.model.predict_proba(pd.DataFrame([record]))[0, 1] < 1
+
+
+def test_large_data_searches_a_sample_and_repeats_cv_less(tmp_path, monkeypatch):
+    """On many rows the search sees a stratified sample and the CV fewer repeats, so that
+    training time stays reasonable (30,000 rows ran for over 20 minutes before)."""
+    monkeypatch.setattr(train_module, "SEARCH_MAX_ROWS", 300)
+    monkeypatch.setattr(train_module, "CV_MAX_ROWS", 2000)
+    _, card = train(TrainOptions(out=tmp_path, families=("logistic_regression",),
+                                 cv_repeats=5, n_jobs=1, plots=False))
+    assert "CV on 300 rows of train + validation" in card["model"]["selection"]
+    assert card["metrics"]["cv"]["n_repeats"] == 2
+    assert card["data"]["rows"] == 1000
+
+
+def test_sample_rows_is_stratified_and_keeps_small_data_whole(dataset):
+    X, y = sample_rows(dataset.X, dataset.y, 200, seed=1)
+    assert len(X) == len(y) == 200 and y.mean() == pytest.approx(0.3)
+    assert (X.index.isin(dataset.X.index)).all()
+    X_all, _ = sample_rows(dataset.X, dataset.y, 5000, seed=1)
+    assert X_all is dataset.X
