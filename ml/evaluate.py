@@ -274,5 +274,5 @@ def summary(report: dict[str, Any]) -> str:
         rates = ", ".join(f"{g['group']} {g['approval_rate']:.0%}" for g in f["groups"])
         lines.append(f"fair  {name}: approval {rates}; ratio "
                      f"{'n/a' if ratio is None else f'{ratio:.2f}'}"
-                     f"{'' if f['four_fifths_rule_met'] else '  (below four-fifths)'}")
+                     f"{'  (below four-fifths)' if f['four_fifths_rule_met'] is False else ''}")
     return "\n".join(lines)
