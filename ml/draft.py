@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -184,6 +185,7 @@ def draft_spec(csv_path: str | Path, target: str, positive: str,
     negatives = sorted(set(folded[known]) - {wanted})
     features, guarded, left_out = [], [], []
     taken = set(RESERVED_NAMES)
+    labels: set[str] = set()
     for col in raw.columns:
         if col == target:
             continue
@@ -198,6 +200,9 @@ def draft_spec(csv_path: str | Path, target: str, positive: str,
                 log.warning(warning)
         feature = draft_feature(col, raw[col], max_categories, _unique(slug(col), taken),
                                 categorical=col in categorical)
+        if feature.label.casefold() in labels:  # "Amount" and "amount": tell them apart
+            feature = replace(feature, label=f"{feature.label} ({feature.name})")
+        labels.add(feature.label.casefold())
         (guarded if col in protected else features).append(feature)
     description = f"Drafted from {Path(csv_path).name}: review every entry before training."
     if left_out:

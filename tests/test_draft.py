@@ -90,6 +90,8 @@ def test_draft_of_awkward_columns_loads_and_validates_its_data(tmp_path, caplog)
     spec = draft_spec(path, "Default", "yes", categorical=("Region",))
     assert spec.feature_names == ["amount", "amount_2", "eta", "instances_2", "region", "grade"]
     assert [spec.feature(n).source_column for n in ("amount_2", "eta")] == ["amount", "Età"]
+    labels = [spec.feature(n).label for n in ("amount", "amount_2")]
+    assert labels == ["Amount", "Amount (amount_2)"]
     assert spec.feature("eta").nullable and spec.feature("eta").integer
     assert spec.feature("region").codes == ("1", "2", "10")
     assert (spec.target.positive, spec.target.negative) == ("Yes", "No")
