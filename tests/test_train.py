@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app import create_app
 from ml import config
 from ml.__main__ import main
 from ml.artifact import load_artifact, resolve
@@ -147,3 +148,35 @@ def test_sample_rows_is_stratified_and_keeps_small_data_whole(dataset):
     assert (X.index.isin(dataset.X.index)).all()
     X_all, _ = sample_rows(dataset.X, dataset.y, 5000, seed=1)
     assert X_all is dataset.X
+
+
+def test_an_awkward_csv_goes_from_draft_to_served_predictions(tmp_path, capsys):
+    """0/1 target, headers that slug alike or carry accents, an id, a constant, numeric
+    category codes and a numeric protected attribute: draft, train, serve, form, score."""
+    rng = np.random.default_rng(4)
+    n = 400
+    months = rng.integers(0, 5, n)
+    region = rng.choice([1, 2, 3], n)
+    bad = rng.random(n) < 1 / (1 + np.exp(1.5 - 0.6 * months - 0.8 * (region == 3)))
+    frame = pd.DataFrame({
+        "ID": np.arange(1, n + 1), "Età": np.where(rng.random(n) < 0.1, "", months + 30),
+        "Amount": rng.integers(100, 9000, n), "amount": rng.normal(size=n).round(6),
+        "Months late": months, "Region": region, "Branch": "HQ",
+        "Sex": rng.choice([1, 2], n), "Default?": bad.astype(int)})
+    csv, spec_path, out = tmp_path / "awkward.csv", tmp_path / "spec.yaml", tmp_path / "m"
+    frame.to_csv(csv, index=False)
+    assert main(["spec", str(csv), "--target", "Default?", "--positive", "1", "--protected",
+                 "Sex", "--categorical", "Region", "--out", str(spec_path)]) == 0
+    assert main(["-q", "train", "--data", str(csv), "--spec", str(spec_path), "--out", str(out),
+                 "--families", "logistic_regression", "--cv-repeats", "1", "--no-plots"]) == 0
+    card = load_artifact(out).card
+    assert [g["group"] for g in card["metrics"]["fairness"]["sex"]["groups"]] == ["1", "2"]
+    client = create_app({"MODEL_DIR": str(out)}).test_client()
+    example = client.get("/model").get_json()["example"]
+    assert set(example) == {"eta", "amount", "amount_2", "months_late", "region"}
+    assert client.post("/predict", json=example).status_code == 200
+    assert client.post("/predict", json={**example, "region": 3}).status_code == 400
+    form = {k: "" if v is None else str(v) for k, v in example.items()}
+    assert "result-pd" in client.post("/", data=form).get_data(as_text=True)
+    assert main(["score", "--model", str(out), str(csv), str(tmp_path / "scored.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "scored.csv")) == n
