@@ -174,7 +174,9 @@ def draft_spec(csv_path: str | Path, target: str, positive: str,
     raw = read_raw(csv_path)
     for col in (target, *protected, *categorical):
         if col not in raw.columns:
-            raise ValueError(f"column {col!r} is not in {csv_path}")
+            hint = (": it has a single column, is it separated by something other than "
+                    "commas?" if len(raw.columns) == 1 else "")
+            raise ValueError(f"column {col!r} is not in {csv_path}{hint}")
     folded = target_values(raw[target])
     spelled = raw[target].astype(str).str.strip()
     known = ~folded.isin(MISSING_TOKENS)

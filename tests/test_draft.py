@@ -44,6 +44,13 @@ def test_draft_refuses_wrong_target(args, message):
         draft_spec(config.DEFAULT_DATA, *args)
 
 
+def test_a_file_not_separated_by_commas_is_named_as_such(tmp_path):
+    path = tmp_path / "semicolons.csv"
+    path.write_text("x;bad\n1;0\n2;1\n")
+    with pytest.raises(ValueError, match="separated by something other than commas"):
+        draft_spec(path, "bad", "1")
+
+
 def test_cli_writes_a_loadable_spec(tmp_path, capsys):
     out = tmp_path / "spec.yaml"
     assert main(["spec", str(config.DEFAULT_DATA), "--target", "creditability",
