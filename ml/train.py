@@ -154,6 +154,8 @@ def build_card(spec: DatasetSpec, data: Dataset, model: Any, options: TrainOptio
     created = datetime.now(timezone.utc)
     example_row = X_test.iloc[[int(np.argmin(np.abs(p_test - np.median(p_test))))]]
     example = record_from_row(example_row.iloc[0], spec)
+    # A retrained challenger keeps its champion's configuration: no search, no oof.
+    searched = f"{len(best.oof)} rows of " if best.oof is not None else ""
     return {
         "name": spec.name,
         "version": created.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6],
@@ -166,7 +168,7 @@ def build_card(spec: DatasetSpec, data: Dataset, model: Any, options: TrainOptio
         "libraries": library_versions(),
         "model": {"family": best.family, "params": best.params, "calibration": calibration,
                   "selection": f"highest out-of-fold ROC AUC, {tune.SEARCH_FOLDS}-fold "
-                               f"stratified CV on {len(best.oof)} rows of train + validation",
+                               f"stratified CV on {searched}train + validation",
                   "refit": "chosen configuration refitted on train + validation (80 %)"},
         "threshold": threshold,
         "cost": vars(spec.cost).copy(),
