@@ -8,6 +8,7 @@ Prometheus gauges, which the alert rules in ``monitoring/alerts.yml`` watch.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Mapping
 
@@ -52,7 +53,9 @@ def parse_feedback(payload: Any, outcomes: tuple[str, str]) -> tuple[str, int, s
                          "prediction answered (1-128 letters, digits or ._:-)"})
     outcome = payload.get("outcome")
     if not isinstance(outcome, str) or outcome not in outcomes:
-        problems.append({"field": "outcome", "problem": "must be one of: " + ", ".join(outcomes)})
+        # Quoted: with a 0/1 target, "must be one of: 0, 1" read as refusing the number 1.
+        problems.append({"field": "outcome", "problem": "must be a string, one of: "
+                         + ", ".join(json.dumps(o) for o in outcomes)})
     index = payload.get("index", 0)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1_000_000:
         problems.append({"field": "index", "problem": "must be a whole number from 0, the "

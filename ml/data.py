@@ -95,8 +95,10 @@ def convert_column(text: pd.Series, feature: Feature) -> tuple[pd.Series, str | 
     missing = stripped.str.lower().isin(MISSING_TOKENS)
     problems = []
     if feature.kind == CATEGORICAL:
-        lookup = {c.value: c.code for c in feature.categories}
-        lookup.update({c.code: c.code for c in feature.categories})
+        # Codes are accepted too, but a raw value wins over another category's code
+        # ("Own" and "own" are drafted as codes "own" and "own_2").
+        lookup = {c.code: c.code for c in feature.categories}
+        lookup.update({c.value: c.code for c in feature.categories})
         converted = stripped.map(lookup)
         bad = converted.isna() & ~missing
         if bad.any():
@@ -121,19 +123,29 @@ def convert_column(text: pd.Series, feature: Feature) -> tuple[pd.Series, str | 
     return out, "; ".join(problems) or None
 
 
+def target_values(column: pd.Series) -> pd.Series:
+    """The target as classes are compared: stripped and case-folded (``" Yes"`` is ``"yes"``)."""
+    return column.astype(str).str.strip().str.casefold()
+
+
 def _convert_target(raw: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray | None, list[str]]:
     col = spec.target.column
     if col not in raw.columns:
         return None, [f"target column {col!r}: missing from the file"]
-    values = raw[col].astype(str).str.strip()
+    values = target_values(raw[col])
+    unlabelled = int(values.isin(MISSING_TOKENS).sum())
+    if unlabelled:
+        return None, [f"target column {col!r}: {unlabelled} rows have no value; drop them "
+                      "(a model learns only from known outcomes)"]
     classes = sorted(values.unique())
     if len(classes) != 2:
         return None, [f"target column {col!r}: must have exactly two classes, found {len(classes)}"
                       f" {classes[:10]}"]
-    if spec.target.positive not in classes:
+    positive = spec.target.positive.strip().casefold()
+    if positive not in classes:
         return None, [f"target column {col!r}: positive class {spec.target.positive!r} not found "
                       f"among {classes}"]
-    y = (values == spec.target.positive).to_numpy(dtype=np.int64)
+    y = (values == positive).to_numpy(dtype=np.int64)
     problems = []
     for label, count in ((spec.target.positive, int(y.sum())),
                          ("the other class", int(len(y) - y.sum()))):

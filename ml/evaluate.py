@@ -18,7 +18,7 @@ from sklearn.metrics import (brier_score_loss, confusion_matrix, log_loss,
                              precision_recall_fscore_support, roc_auc_score)
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-from ml.schema import CostMatrix, DatasetSpec
+from ml.schema import CATEGORICAL, CostMatrix, DatasetSpec, Feature
 
 
 def expected_cost(y: np.ndarray, decline: np.ndarray, cost: CostMatrix) -> float:
@@ -103,6 +103,10 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float,
     }
 
 
+# A numeric protected attribute with at most this many values is grouped by value.
+FEW_GROUPS = 10
+
+
 def fairness(groups: pd.DataFrame, spec: DatasetSpec, y: np.ndarray, p: np.ndarray,
              threshold: float) -> dict[str, Any]:
     """Approval and bad rates per protected group, and the four-fifths ratio per attribute.
@@ -116,13 +120,11 @@ def fairness(groups: pd.DataFrame, spec: DatasetSpec, y: np.ndarray, p: np.ndarr
     for feature in spec.protected:
         if feature.name not in groups:
             continue
-        column = groups[feature.name].to_numpy()
         rows = []
-        for cat in feature.categories:
-            mask = column == cat.code
+        for code, label, mask in protected_groups(feature, groups[feature.name]):
             if not mask.any():
                 continue
-            rows.append({"group": cat.code, "label": cat.label, "count": int(mask.sum()),
+            rows.append({"group": code, "label": label, "count": int(mask.sum()),
                          "approval_rate": float(approved[mask].mean()),
                          "bad_rate": float(y[mask].mean()),
                          "bad_rate_among_approved":
@@ -133,6 +135,34 @@ def fairness(groups: pd.DataFrame, spec: DatasetSpec, y: np.ndarray, p: np.ndarr
                              "approval_rate_ratio": ratio,
                              "four_fifths_rule_met": None if ratio is None else ratio >= 0.8}
     return out
+
+
+def protected_groups(feature: Feature, column: pd.Series
+                     ) -> list[tuple[str, str, np.ndarray]]:
+    """``(group, label, row mask)`` of each group of one protected attribute.
+
+    A categorical attribute's groups are its categories. A numeric one (sex coded 1/2,
+    an age) would otherwise get no groups at all: it is grouped by value when it has at
+    most :data:`FEW_GROUPS` values, else by quartile ("19 to 27", ...).
+    """
+    if feature.kind == CATEGORICAL:
+        codes = column.to_numpy()
+        return [(c.code, c.label, codes == c.code) for c in feature.categories]
+    values = pd.to_numeric(column, errors="coerce").astype(float)
+    distinct = np.unique(values.dropna())
+    if len(distinct) <= FEW_GROUPS:
+        return [(_number(v), _number(v), (values == v).to_numpy()) for v in distinct]
+    bins = pd.qcut(values, 4, duplicates="drop")
+    out = []
+    for interval in bins.cat.categories:
+        mask = (bins == interval).to_numpy()
+        text = f"{_number(values[mask].min())} to {_number(values[mask].max())}"
+        out.append((text, text, mask))
+    return out
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _fold(model: Any, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, test: np.ndarray,
@@ -244,5 +274,5 @@ def summary(report: dict[str, Any]) -> str:
         rates = ", ".join(f"{g['group']} {g['approval_rate']:.0%}" for g in f["groups"])
         lines.append(f"fair  {name}: approval {rates}; ratio "
                      f"{'n/a' if ratio is None else f'{ratio:.2f}'}"
-                     f"{'' if f['four_fifths_rule_met'] else '  (below four-fifths)'}")
+                     f"{'  (below four-fifths)' if f['four_fifths_rule_met'] is False else ''}")
     return "\n".join(lines)

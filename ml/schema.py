@@ -19,6 +19,8 @@ import yaml
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
+# Keys the API gives a meaning of its own: a body holding "instances" is a batch.
+RESERVED_NAMES = frozenset({"instances"})
 
 
 class SpecError(ValueError):
@@ -236,6 +238,10 @@ def _check_spec(spec: DatasetSpec) -> None:
         raise SpecError(f"feature names appear twice: {sorted(dupes)}")
     if not spec.features:
         raise SpecError("spec lists no model features")
+    reserved = sorted(RESERVED_NAMES.intersection(names))
+    if reserved:
+        raise SpecError(f"feature names {reserved} are reserved by the API (a body holding "
+                        "them is a batch): rename them and keep the CSV header in `column`")
     for f in (*spec.features, *spec.protected):
         if f.kind == CATEGORICAL and not f.categories:
             raise SpecError(f"feature {f.name!r}: a categorical feature needs categories")

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from ml import config
-from ml.data import DataError, load_dataset, read_raw, split, validate_frame
+from ml.data import DataError, convert_column, load_dataset, read_raw, split, validate_frame
+from ml.schema import CATEGORICAL, Category, Feature
 
 
 def test_shipped_data_meets_its_spec(dataset, spec):
@@ -37,11 +38,21 @@ def _raw():
     (lambda df: df.assign(creditability=np.where(df.index % 2, "good", "meh")), "not found"),
     (lambda df: df.drop(columns=["creditability"]), "target column 'creditability': missing"),
     (lambda df: df.assign(creditability=np.where(df.index < 5, "bad", "good")), "only 5 rows"),
+    (lambda df: df.assign(creditability=np.where(df.index < 5, "NA", df.creditability)),
+     "5 rows have no value"),
 ])
 def test_bad_frames_fail_naming_the_column(spec, mutate, message):
     with pytest.raises(DataError) as err:
         validate_frame(mutate(_raw()), spec)
     assert any(message in p for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize("spell", [str.upper, str.capitalize, lambda v: f"  {v} "])
+def test_target_classes_ignore_case_and_spaces(spec, dataset, spell):
+    raw = _raw()
+    raw.loc[::3, "creditability"] = raw.loc[::3, "creditability"].map(spell)
+    _, y = validate_frame(raw, spec)
+    assert (y == dataset.y).all()
 
 
 def test_every_problem_is_reported_at_once(spec):
@@ -56,6 +67,13 @@ def test_codes_are_accepted_as_well_as_raw_values(spec, dataset):
     raw["purpose"] = dataset.X["purpose"].to_numpy()
     X, _ = validate_frame(raw, spec)
     assert (X["purpose"] == dataset.X["purpose"]).all()
+
+
+def test_a_raw_value_wins_over_another_categorys_code():
+    feature = Feature("home", CATEGORICAL, "Home", categories=(
+        Category("own", "Own", "Own"), Category("own_2", "own", "own")))
+    converted, problem = convert_column(pd.Series(["Own", "own", "own_2"]), feature)
+    assert list(converted) == ["own", "own_2", "own_2"] and problem is None
 
 
 def test_split_is_stratified_disjoint_and_reproducible(dataset):

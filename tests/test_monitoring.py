@@ -9,6 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
+from app.errors import APIError
+from app.monitoring import parse_feedback
 from ml import monitor
 from ml.train import record_from_row
 
@@ -110,6 +112,14 @@ def test_invalid_feedback_is_400_naming_each_field_without_echoing_values(client
     assert set(response.get_json()) == ERROR_KEYS
     if SECRET not in fields:
         assert SECRET not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("outcome", [1, "yes", None])
+def test_outcome_problem_quotes_the_allowed_strings_of_a_numeric_target(outcome):
+    with pytest.raises(APIError) as err:
+        parse_feedback({"request_id": "r", "outcome": outcome}, ("0", "1"))
+    assert err.value.details == [{"field": "outcome",
+                                  "problem": 'must be a string, one of: "0", "1"'}]
 
 
 @pytest.mark.parametrize("data, content_type, status", [

@@ -39,6 +39,7 @@ def test_cost_matrix_gives_bayes_threshold_of_one_sixth(spec):
     (lambda d: d["features"][1].update(minimum=10, maximum=1), "minimum is above"),
     (lambda d: d.update(cost={"approve_bad": 0, "decline_good": 1}), "positive"),
     (lambda d: d.update(features=[]), "no model features"),
+    (lambda d: d["features"][1].update(name="instances"), "reserved"),
 ])
 def test_malformed_specs_are_refused(spec, mutate, message):
     raw = spec.to_dict()

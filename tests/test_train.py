@@ -7,12 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app import create_app
 from ml import config
 from ml.__main__ import main
 from ml.artifact import load_artifact, resolve
 from ml.data import load_dataset, read_raw
 from ml.schema import DatasetSpec, validate_record
-from ml.train import GRADES, TrainOptions, train
+from ml import train as train_module
+from ml.train import GRADES, TrainOptions, sample_rows, train
 
 pytestmark = pytest.mark.slow
 
@@ -126,3 +128,55 @@ def test_another_credit_csv_with_missing_values_trains_without_code_change(tmp_p
     record = {**artifact.card["example"], "amount_eur": None}
     assert validate_record(artifact.spec, record) == []
     assert 0 < artifact.model.predict_proba(pd.DataFrame([record]))[0, 1] < 1
+
+
+def test_large_data_searches_a_sample_and_repeats_cv_less(tmp_path, monkeypatch):
+    """On many rows the search sees a stratified sample and the CV fewer repeats, so that
+    training time stays reasonable (30,000 rows ran for over 20 minutes before)."""
+    monkeypatch.setattr(train_module, "SEARCH_MAX_ROWS", 300)
+    monkeypatch.setattr(train_module, "CV_MAX_ROWS", 2000)
+    _, card = train(TrainOptions(out=tmp_path, families=("logistic_regression",),
+                                 cv_repeats=5, n_jobs=1, plots=False))
+    assert "CV on 300 rows of train + validation" in card["model"]["selection"]
+    assert card["metrics"]["cv"]["n_repeats"] == 2
+    assert card["data"]["rows"] == 1000
+
+
+def test_sample_rows_is_stratified_and_keeps_small_data_whole(dataset):
+    X, y = sample_rows(dataset.X, dataset.y, 200, seed=1)
+    assert len(X) == len(y) == 200 and y.mean() == pytest.approx(0.3)
+    assert (X.index.isin(dataset.X.index)).all()
+    X_all, _ = sample_rows(dataset.X, dataset.y, 5000, seed=1)
+    assert X_all is dataset.X
+
+
+def test_an_awkward_csv_goes_from_draft_to_served_predictions(tmp_path, capsys):
+    """0/1 target, headers that slug alike or carry accents, an id, a constant, numeric
+    category codes and a numeric protected attribute: draft, train, serve, form, score."""
+    rng = np.random.default_rng(4)
+    n = 400
+    months = rng.integers(0, 5, n)
+    region = rng.choice([1, 2, 3], n)
+    bad = rng.random(n) < 1 / (1 + np.exp(1.5 - 0.6 * months - 0.8 * (region == 3)))
+    frame = pd.DataFrame({
+        "ID": np.arange(1, n + 1), "Età": np.where(rng.random(n) < 0.1, "", months + 30),
+        "Amount": rng.integers(100, 9000, n), "amount": rng.normal(size=n).round(6),
+        "Months late": months, "Region": region, "Branch": "HQ",
+        "Sex": rng.choice([1, 2], n), "Default?": bad.astype(int)})
+    csv, spec_path, out = tmp_path / "awkward.csv", tmp_path / "spec.yaml", tmp_path / "m"
+    frame.to_csv(csv, index=False)
+    assert main(["spec", str(csv), "--target", "Default?", "--positive", "1", "--protected",
+                 "Sex", "--categorical", "Region", "--out", str(spec_path)]) == 0
+    assert main(["-q", "train", "--data", str(csv), "--spec", str(spec_path), "--out", str(out),
+                 "--families", "logistic_regression", "--cv-repeats", "1", "--no-plots"]) == 0
+    card = load_artifact(out).card
+    assert [g["group"] for g in card["metrics"]["fairness"]["sex"]["groups"]] == ["1", "2"]
+    client = create_app({"MODEL_DIR": str(out)}).test_client()
+    example = client.get("/model").get_json()["example"]
+    assert set(example) == {"eta", "amount", "amount_2", "months_late", "region"}
+    assert client.post("/predict", json=example).status_code == 200
+    assert client.post("/predict", json={**example, "region": 3}).status_code == 400
+    form = {k: "" if v is None else str(v) for k, v in example.items()}
+    assert "result-pd" in client.post("/", data=form).get_data(as_text=True)
+    assert main(["score", "--model", str(out), str(csv), str(tmp_path / "scored.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "scored.csv")) == n
