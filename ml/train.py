@@ -26,7 +26,7 @@ import pandas as pd
 from ml import config, drift, evaluate, tune
 from ml.artifact import library_versions, read_card, save_artifact
 from ml.data import Dataset, load_dataset, split
-from ml.pipeline import FAMILIES
+from ml.pipeline import BLEND, FAMILIES
 from ml.schema import CATEGORICAL, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,9 @@ def build_card(spec: DatasetSpec, data: Dataset, model: Any, options: TrainOptio
                  "positive_rate": float(data.y.mean())},
         "spec": spec.to_dict(),
         "libraries": library_versions(),
-        "model": {"family": best.family, "params": best.params, "calibration": calibration,
+        "model": {"family": best.family, "params": best.params,
+                  "description": describe_model(best.family, best.params),
+                  "calibration": calibration,
                   "selection": f"highest out-of-fold ROC AUC, {tune.SEARCH_FOLDS}-fold "
                                "stratified CV on train + validation",
                   "refit": "chosen configuration refitted on train + validation (80 %)"},
@@ -164,6 +166,17 @@ def build_card(spec: DatasetSpec, data: Dataset, model: Any, options: TrainOptio
         "self_test": {"record": example,
                       "probability_of_default": float(model.predict_proba(example_row)[0, 1])},
     }
+
+
+def describe_model(family: str, params: dict[str, Any]) -> str:
+    """The model in words for the card and the docs: the family, or a blend's members.
+
+    A blend's ``params`` are keyed by member family (see ml.pipeline.BLEND), so the
+    readers of the card need not know that convention to say what was served.
+    """
+    if family == BLEND:
+        return "soft-voting blend (mean PD) of " + " + ".join(params)
+    return family
 
 
 def baseline(X: pd.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
@@ -225,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     directory, card = train(options)
     seconds = time.perf_counter() - start
     print(evaluate.summary(card["metrics"]))
-    print(f"model {card['model']['family']} ({card['model']['calibration']} calibration), "
+    print(f"model {card['model']['description']} ({card['model']['calibration']} calibration), "
           f"threshold {card['threshold']:.3f}, version {card['version']}")
     print(f"artifact {directory}  (trained in {seconds:.1f} s)")
     return 0
