@@ -63,8 +63,8 @@ def test_search_adds_a_blend_only_when_two_families_compete(tiny_grids, spec, da
     assert list(pair[-1].params) == ["logistic_regression", "random_forest"]
 
 
-def test_a_blends_out_of_fold_scores_are_what_the_fitted_vote_predicts(tiny_grids, spec,
-                                                                        dataset):
+def test_a_blends_out_of_fold_scores_are_what_the_fitted_vote_predicts(
+        tiny_grids, spec, dataset):
     """The claim that lets the search score a blend without fitting it."""
     X, y = dataset.X, dataset.y
     candidates = tune.search(spec, X, y, seed=3, families=tuple(TINY_GRIDS), n_jobs=1)
