@@ -94,16 +94,21 @@ def measure(predictor: Predictor, records: list[dict], budget: float) -> dict[st
 
 def describe(predictor: Predictor) -> str:
     model = predictor.artifact.model
-    est = getattr(model, "calibrated_classifiers_", [None])[0]
-    pipeline = est.estimator if est is not None else model
-    final = pipeline.steps[-1][1]
-    size = ""
+    if hasattr(model, "voting"):  # the trainer's blend: a VotingClassifier of pipelines
+        pipelines = list(model.estimators_)
+    else:
+        est = getattr(model, "calibrated_classifiers_", [None])[0]
+        pipelines = [est.estimator if est is not None else model]
+    return predictor.fast.kind + "".join(_size(p.steps[-1][1]) for p in pipelines)
+
+
+def _size(final: Any) -> str:
     if hasattr(final, "estimators_"):
         depth = max(e.tree_.max_depth for e in final.estimators_)
-        size = f", {len(final.estimators_)} trees, depth {depth}"
-    elif hasattr(final, "_predictors"):
-        size = f", {len(final._predictors)} trees, max_leaf_nodes {final.max_leaf_nodes}"
-    return f"{predictor.fast.kind}{size}"
+        return f", {len(final.estimators_)} trees, depth {depth}"
+    if hasattr(final, "_predictors"):
+        return f", {len(final._predictors)} trees, max_leaf_nodes {final.max_leaf_nodes}"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,9 @@ What is compiled, and how sklearn 1.9 computes it (this module replicates each s
   ``predict_proba[:, 1]``, to the calibrator (``expit(-(a t + b))``, or ``np.interp`` on
   ``t`` clipped to ``[X_min_, X_max_]``, which is what ``interp1d`` delegates to for
   float64), values in ``(1, 1 + 1e-5]`` are set to 1, and the classifiers are averaged.
+* ``VotingClassifier(voting="soft")`` without weights (the trainer's blend): the mean of
+  its pipelines' P(default), summed in order as ``np.average`` does. Its members are
+  averaged exactly like calibrated classifiers, so reason codes need nothing new.
 
 All trees of an ensemble are packed into flat arrays. When the C extension
 ``ml/_treewalk.c`` is built (``pip install -e .`` compiles it; it is optional), each row
@@ -131,7 +134,7 @@ def _sk() -> SimpleNamespace:
     from sklearn.calibration import CalibratedClassifierCV, _SigmoidCalibration
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import (ExtraTreesClassifier, HistGradientBoostingClassifier,
-                                  RandomForestClassifier)
+                                  RandomForestClassifier, VotingClassifier)
     from sklearn.impute import SimpleImputer
     from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
@@ -144,7 +147,8 @@ def _sk() -> SimpleNamespace:
         HistGradientBoostingClassifier=HistGradientBoostingClassifier, Pipeline=Pipeline,
         LogisticRegression=LogisticRegression, OneHotEncoder=OneHotEncoder,
         RandomForestClassifier=RandomForestClassifier, SimpleImputer=SimpleImputer,
-        StandardScaler=StandardScaler, _SigmoidCalibration=_SigmoidCalibration)
+        StandardScaler=StandardScaler, VotingClassifier=VotingClassifier,
+        _SigmoidCalibration=_SigmoidCalibration)
 
 
 def expit(x: np.ndarray) -> np.ndarray:
@@ -778,7 +782,7 @@ class FastModel:
         for m in members[1:]:
             _require(m.encoder.features == self.features
                      and m.encoder.vocabulary == self.vocabulary,
-                     "calibrated classifiers disagree on their input columns")
+                     "the averaged members disagree on their input columns")
         self._lookup = [(name, {c: float(i) for i, c in enumerate(self.vocabulary[name])})
                         if name in self.vocabulary else (name, None) for name in self.features]
 
@@ -882,7 +886,8 @@ class FastModel:
 
 
 def compile_model(model: Any) -> FastModel:
-    """Compile a fitted pipeline, or a ``CalibratedClassifierCV`` of one, into a :class:`FastModel`.
+    """Compile a fitted pipeline, a ``CalibratedClassifierCV`` of one, or a soft
+    ``VotingClassifier`` of pipelines into a :class:`FastModel`.
 
     Raises:
         UnsupportedModelError: for any model type or structure that this module does
@@ -897,11 +902,24 @@ def compile_model(model: Any) -> FastModel:
             members.append(_Member(cc.estimator, cc.calibrators[0]))
         kind = f"{_family(members[0])}+{model.calibrated_classifiers_[0].method}"
         return FastModel(members, kind)
+    if isinstance(model, _sk().VotingClassifier):
+        return _compile_vote(model)
     if isinstance(model, _sk().Pipeline):
         member = _Member(model)
         return FastModel([member], _family(member))
     raise UnsupportedModelError(f"fast path cannot compile a {type(model).__name__}; expected a "
-                                "Pipeline or a CalibratedClassifierCV of one")
+                                "Pipeline, a CalibratedClassifierCV of one or a soft "
+                                "VotingClassifier of them")
+
+
+def _compile_vote(model: Any) -> FastModel:
+    """An unweighted soft vote of pipelines: the mean of its members, like calibration's."""
+    _require(model.voting == "soft" and model.weights is None,
+             "only an unweighted soft VotingClassifier is supported")
+    _require(list(np.asarray(model.classes_)) == [0, 1], "classes must be [0, 1]")
+    _require(len(model.estimators_) >= 1, "the vote has no fitted members")
+    members = [_Member(est) for est in model.estimators_]
+    return FastModel(members, "blend:" + "+".join(_family(m) for m in members))
 
 
 def _family(member: _Member) -> str:

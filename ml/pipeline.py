@@ -4,13 +4,18 @@ All preprocessing lives inside the pipeline (impute → scale for numbers, imput
 one-hot for categories), so the pickled object is the whole model: no train/serve skew.
 Only stock sklearn classes are used, so unpickling never needs this package's
 training code. Protected columns are never selected (``remainder="drop"``).
+
+A *blend* (:data:`BLEND`) is a soft-voting ``VotingClassifier`` of such pipelines, one
+per member family: still one stock sklearn object, and every member drops the
+protected columns on its own.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import (HistGradientBoostingClassifier, RandomForestClassifier,
+                              VotingClassifier)
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -21,6 +26,9 @@ from ml.schema import DatasetSpec
 MISSING_CATEGORY = "__missing__"
 
 FAMILIES = ("logistic_regression", "random_forest", "hist_gradient_boosting")
+# Not a family of its own: the mean P(default) of the best configurations of two or more
+# families. Its "params" map each member family to that family's ``step__param`` overrides.
+BLEND = "blend"
 
 # Small grids on purpose: the whole training run must stay under a minute on 2 cores.
 PARAM_GRIDS: dict[str, dict[str, list[Any]]] = {
@@ -81,3 +89,29 @@ def build_pipeline(spec: DatasetSpec, family: str, seed: int,
     if params:
         pipe.set_params(**params)
     return pipe
+
+
+def build_blend(spec: DatasetSpec, seed: int, members: dict[str, dict[str, Any]]
+                ) -> VotingClassifier:
+    """A soft vote of one full pipeline per member family: the mean of their P(default).
+
+    Unweighted on purpose: weights would be one more thing to tune on the few hundred
+    rows the search has, and the mean is what the search scored (see ml.tune).
+
+    Args:
+        spec: the dataset spec (every member gets its own preprocessing of it).
+        seed: random state of every member.
+        members: member family → its ``step__param`` overrides, in voting order.
+    """
+    if len(members) < 2:
+        raise ValueError(f"a blend needs at least two families, got {list(members)}")
+    return VotingClassifier([(family, build_pipeline(spec, family, seed, params))
+                             for family, params in members.items()], voting="soft")
+
+
+def build_model(spec: DatasetSpec, family: str, seed: int,
+                params: dict[str, Any] | None = None) -> Pipeline | VotingClassifier:
+    """The unfitted model of ``family`` (one of :data:`FAMILIES`, or :data:`BLEND`)."""
+    if family == BLEND:
+        return build_blend(spec, seed, params or {})
+    return build_pipeline(spec, family, seed, params)

@@ -172,7 +172,7 @@ def render_card(card: dict[str, Any], evaluation: dict[str, Any] | None = None,
         "## Out-of-scope uses", OUT_OF_SCOPE,
         "## Model",
         _table(["", ""], [
-            ["Family", model["family"]],
+            ["Family", model.get("description", model["family"])],
             ["Hyper-parameters", "`" + json.dumps(model.get("params", {})) + "`"],
             ["Calibration", model["calibration"]],
             ["Selection", model.get("selection", "")],
@@ -254,7 +254,7 @@ def readme_summary(card: dict[str, Any], card_link: str = "docs/model_card.md",
     test, cv = card["metrics"]["test"], card["metrics"]["cv"]
     calibration = card["model"]["calibration"]
     how = "uncalibrated" if calibration == "none" else f"{calibration} calibration"
-    text = (f"Model **{card['model']['family']}** ({how}), "
+    text = (f"Model **{card['model'].get('description', card['model']['family'])}** ({how}), "
             f"artifact `{card['version']}`, trained on {card['data']['rows']} applicants. "
             f"Full card: [{card_link}]({card_link}).\n\n"
             + metrics_table(test, cv))

@@ -11,6 +11,12 @@ validation part of 200 rows, on which the cost-minimising threshold moved betwee
   is what calibration and the threshold (both set afterwards) cannot repair; pooling
   the folds also rewards scores that mean the same from one fit to the next, which a
   fixed threshold needs.
+* Blend: with two or more families, one more candidate is the soft vote (mean
+  P(default)) of the families' best configurations, the best of every combination of
+  two or more of them. A member refitted on the same folds predicts what it predicted in
+  the search, so a blend's out-of-fold scores are the mean of its members' and scoring
+  it costs no fit. It is listed after the families, so it is chosen only when it ranks
+  strictly better than every single family.
 * Calibration is chosen on out-of-fold log loss, with each calibrator cross-fitted on
   the out-of-fold scores (no extra model fits), and only when it clearly pays for its
   fits (``CALIBRATION_MARGIN``).
@@ -22,6 +28,7 @@ validation part of 200 rows, on which the cost-minimising threshold moved betwee
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +45,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import ParameterGrid, StratifiedKFold
 
 from ml.evaluate import best_threshold, expected_cost
-from ml.pipeline import FAMILIES, PARAM_GRIDS, build_pipeline
+from ml.pipeline import BLEND, FAMILIES, PARAM_GRIDS, build_model, build_pipeline
 from ml.schema import CostMatrix, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -61,7 +68,11 @@ EPSILON = 1e-6
 
 @dataclass
 class Candidate:
-    """The best configuration of one model family, with its out-of-fold predictions."""
+    """The best configuration of one model family, with its out-of-fold predictions.
+
+    For :data:`ml.pipeline.BLEND`, ``params`` maps each member family to its parameters
+    and ``n_configs`` counts the combinations of families that were scored.
+    """
 
     family: str
     params: dict[str, Any]
@@ -105,20 +116,48 @@ def search(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray, seed: int,
                                      for r in results[family]], top["oof"]))
         log.info("search %-24s best out-of-fold AUC %.4f of %d configs %s", family,
                  top["oof_auc"], len(results[family]), top["params"])
+    if len(candidates) >= 2:
+        candidates.append(blend(candidates, y))
     return candidates
 
 
+def blend(candidates: list[Candidate], y: np.ndarray) -> Candidate:
+    """The best soft-voting blend of the candidates' configurations, by out-of-fold AUC.
+
+    Every combination of two or more candidates is scored on the mean of their
+    out-of-fold predictions, which is exactly what a ``VotingClassifier`` of them fitted
+    on the same folds would predict. Smaller combinations come first and win a tie.
+    """
+    results = []
+    for size in range(2, len(candidates) + 1):
+        for members in itertools.combinations(candidates, size):
+            oof = np.mean([m.oof for m in members], axis=0)
+            results.append({"params": {m.family: m.params for m in members},
+                            "oof_auc": float(roc_auc_score(y, oof)), "oof": oof})
+    top = max(results, key=lambda r: r["oof_auc"])
+    log.info("search %-24s best out-of-fold AUC %.4f of %d combinations %s", BLEND,
+             top["oof_auc"], len(results), " + ".join(top["params"]))
+    return Candidate(BLEND, top["params"], top["oof_auc"], len(results),
+                     [{"params": r["params"], "oof_auc": r["oof_auc"]} for r in results],
+                     top["oof"])
+
+
 def select(candidates: list[Candidate]) -> Candidate:
-    """The candidate with the highest out-of-fold AUC (first family wins a tie)."""
+    """The candidate with the highest out-of-fold AUC (first family wins a tie).
+
+    The blend comes last, so a tie keeps the simpler single family.
+    """
     return max(candidates, key=lambda c: c.oof_auc)
 
 
 def make_model(spec: DatasetSpec, family: str, params: dict[str, Any], calibration: str,
                seed: int) -> Any:
-    """The unfitted chosen configuration: the pipeline, calibrated if asked."""
-    pipe = build_pipeline(spec, family, seed, params)
+    """The unfitted chosen configuration: the pipeline (or blend), calibrated if asked."""
+    pipe = build_model(spec, family, seed, params)
     if calibration == "none":
         return pipe
+    if family == BLEND:
+        raise ValueError("a blend is served uncalibrated (see choose_calibration)")
     # ensemble=False: one pipeline refit on all rows plus one calibrator fitted on
     # out-of-fold scores, so the served model is a single pipeline.
     return CalibratedClassifierCV(pipe, method=calibration, cv=CALIBRATION_FOLDS, ensemble=False)
@@ -159,8 +198,12 @@ def choose_calibration(spec: DatasetSpec, best: Candidate, y: np.ndarray, seed: 
 
     Returns the chosen method, the per-method figures, and the out-of-fold scores as the
     chosen calibration would map them (the scale the threshold is set on).
+
+    A blend is always left uncalibrated (its figures are still reported): the fast path
+    compiles a calibrated pipeline, not a calibrated vote, and a calibrator changes no
+    decision, only the PD scale.
     """
-    on_logit = hasattr(build_pipeline(spec, best.family, seed), "decision_function")
+    on_logit = hasattr(build_model(spec, best.family, seed, best.params), "decision_function")
     scores, preds = {}, {}
     for method in CALIBRATIONS:
         preds[method] = cross_calibrate(y, best.oof, method, seed, on_logit)
@@ -169,7 +212,7 @@ def choose_calibration(spec: DatasetSpec, best: Candidate, y: np.ndarray, seed: 
                                        labels=[0, 1])),
             "roc_auc": float(roc_auc_score(y, preds[method]))}
     chosen = "none"
-    for method in ("sigmoid", "isotonic"):
+    for method in ("sigmoid", "isotonic") if best.family != BLEND else ():
         if scores[method]["log_loss"] < scores[chosen]["log_loss"] - CALIBRATION_MARGIN:
             chosen = method
     log.info("calibration: %s (out-of-fold log loss %s)", chosen,

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
+from sklearn.ensemble import (GradientBoostingClassifier, HistGradientBoostingClassifier,
+                              VotingClassifier)
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -20,7 +21,8 @@ from ml import fastpath
 from ml.config import DEFAULT_DATA
 from ml.data import load_dataset, read_raw
 from ml.fastpath import LARGE_BATCH, UnsupportedModelError, check_against, compile_model
-from ml.pipeline import build_pipeline
+from ml.pipeline import build_blend, build_pipeline
+from ml.predictor import records_to_frame
 from ml.schema import CATEGORICAL, DatasetSpec
 from ml.train import record_from_row
 
@@ -32,6 +34,9 @@ FAMILIES = {
     "hist_gradient_boosting": {"model__max_iter": 40, "model__max_leaf_nodes": 15},
 }
 CALIBRATIONS = (None, "sigmoid", "isotonic")
+# The trainer's soft-voting blends: a linear and a tree member, and all three families.
+BLENDS = {"two families": ("logistic_regression", "random_forest"),
+          "three families": tuple(FAMILIES)}
 
 
 def fit(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray, family: str,
@@ -83,6 +88,20 @@ def models(spec, full, blanked):
             X, y = full if variant == "full" else blanked[:2]
             cache[key] = fit(spec, X, y, family, calibration)
         return cache[key]
+    return get
+
+
+@pytest.fixture(scope="module")
+def blends(spec, full, blanked):
+    """Every blend of BLENDS, fitted on the full and on the blanked data (lazily)."""
+    cache = {}
+
+    def get(name, variant):
+        if (name, variant) not in cache:
+            X, y = full if variant == "full" else blanked[:2]
+            members = {family: FAMILIES[family] for family in BLENDS[name]}
+            cache[name, variant] = build_blend(spec, 0, members).fit(X, y)
+        return cache[name, variant]
     return get
 
 
@@ -202,6 +221,43 @@ def test_baseline_rows_swap_exactly_one_feature(models, full, spec, family, cali
     assert np.max(np.abs(fast.predict_raw(raw, fast.baseline(reference)) - what_if)) <= TOLERANCE
 
 
+@pytest.mark.parametrize("variant", ["full", "blanked"])
+@pytest.mark.parametrize("name", list(BLENDS))
+def test_a_blend_matches_predict_proba_on_every_row(blends, full, blanked, spec, name, variant):
+    """Frames, records, small batches and the pickle a server loads all give the vote's PD."""
+    X, row_spec = (full[0], spec) if variant == "full" else (blanked[0], blanked[2])
+    model = blends(name, variant)
+    fast = compile_model(model)
+    assert len(fast.members) == len(BLENDS[name])
+    assert fast.kind == "blend:" + "+".join(BLENDS[name])
+    expected = model.predict_proba(X)[:, 1]
+    served = pickle.loads(pickle.dumps(fast))
+    records = records_of(X, row_spec)
+    step = LARGE_BATCH - 1
+    in_small_batches = np.concatenate([fast.predict_frame(X.iloc[i:i + step])
+                                       for i in range(0, len(X), step)])
+    with_reasons = served.predict_records(records, served.baseline(records[0]))
+    for got in (fast.predict_frame(X), fast.predict_records(records), in_small_batches,
+                served.predict_frame(X), served.predict_records(records), with_reasons[:, 0]):
+        assert np.max(np.abs(got - expected)) <= TOLERANCE
+    assert b"sklearn" not in pickle.dumps(fast)
+
+
+@pytest.mark.parametrize("name", list(BLENDS))
+def test_a_blends_what_if_rows_are_the_votes_own_probabilities(blends, full, spec, name):
+    """Reason codes of a blend: each what-if column is what sklearn's vote gives the
+    applicant with that one feature set to the baseline's value."""
+    model = blends(name, "full")
+    fast = compile_model(model)
+    records = records_of(full[0].iloc[[3, 10, 41]], spec)
+    reference = records_of(full[0].iloc[[20]], spec)[0]
+    what_if = fast.predict_records(records, fast.baseline(reference))
+    for i, record in enumerate(records):
+        swapped = [{**record, feature: reference[feature]} for feature in fast.features]
+        expected = model.predict_proba(records_to_frame(swapped, spec))[:, 1]
+        assert np.max(np.abs(what_if[i, 1:] - expected)) <= TOLERANCE
+
+
 def test_tree_inputs_are_compared_in_float32_like_sklearn(spec, full):
     """Just above a split threshold in float64 but on it in float32: sklearn goes left."""
     X, y = full
@@ -262,6 +318,14 @@ UNSUPPORTED = {
         spec, estimator=HistGradientBoostingClassifier(max_iter=5, categorical_features=[7])),
     "temperature calibration": lambda spec: CalibratedClassifierCV(
         _pipeline_with(spec), method="temperature", cv=3, ensemble=False),
+    "weighted vote": lambda spec: VotingClassifier(
+        [("a", _pipeline_with(spec)), ("b", _pipeline_with(spec))], voting="soft",
+        weights=[1, 2]),
+    "hard vote": lambda spec: VotingClassifier(
+        [("a", _pipeline_with(spec)), ("b", _pipeline_with(spec))], voting="hard"),
+    "vote of a calibrated member": lambda spec: VotingClassifier(
+        [("a", _pipeline_with(spec)), ("b", CalibratedClassifierCV(
+            _pipeline_with(spec), method="sigmoid", cv=3, ensemble=False))], voting="soft"),
 }
 
 

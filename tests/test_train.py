@@ -24,10 +24,10 @@ def test_default_training_meets_the_quality_bars(full_training):
     cv = card["metrics"]["cv"]
     assert (cv["n_splits"], cv["n_repeats"]) == (5, 5)
     assert cv["roc_auc_mean"] >= 0.79
-    # The bar is 0.53. Out-of-fold search and the Platt-mapped threshold give
-    # 0.532 (seed 42) and 0.534 (seed 7), down from 0.539 and 0.594 with a 200-row
-    # validation split; the floor guards against regressions above that.
-    assert cv["expected_cost_mean"] <= 0.54
+    # The bar is 0.53. Out-of-fold search and the Platt-mapped threshold gave
+    # 0.532 (seed 42) and 0.534 (seed 7) with the random forest alone; the blend of the
+    # three families, chosen on out-of-fold AUC, gives 0.528 on both seeds.
+    assert cv["expected_cost_mean"] <= 0.53
     test = card["metrics"]["test"]
     assert (test["expected_cost"] < test["expected_cost_reject_all"]
             < test["expected_cost_approve_all"])
