@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import pickle
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -467,15 +468,15 @@ class _TreeBank:
         out = np.empty(len(x))
         pool, threads = _walkers or (None, 1)
         parts = min(threads, len(x) // THREAD_ROWS)
-        bounds = np.linspace(0, len(x), max(parts, 1) + 1).astype(int)
-        walks = [functools.partial(_treewalk.sum_leaves, nodes, values, roots, depths,
-                                   x[a:b], x.shape[1], out[a:b], wide)
-                 for a, b in zip(bounds[:-1], bounds[1:])]
-        if len(walks) == 1:
-            walks[0]()
-        else:  # each thread fills its own rows of out
-            for future in [pool.submit(walk) for walk in walks]:
-                future.result()
+        if pool is None or parts < 2:  # a request: one call, nothing else
+            _treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
+            return out
+        bounds = [len(x) * i // parts for i in range(parts + 1)]
+        futures = [pool.submit(_treewalk.sum_leaves, nodes, values, roots, depths, x[a:b],
+                               x.shape[1], out[a:b], wide)  # each thread fills its own rows
+                   for a, b in zip(bounds[:-1], bounds[1:])]
+        for future in futures:
+            future.result()
         return out
 
     def leaf_values(self, z: np.ndarray) -> np.ndarray:
@@ -744,6 +745,13 @@ class Baseline:
             self.encoded.append((z, mask, mask.T.astype(np.float32), by_feature))
 
 
+def _shared_encoders(members: list[_Member]) -> list[int]:
+    """For each member, the first member with the same preprocessing (a blend's members
+    are fitted on the same rows, so theirs usually is): it is then encoded only once."""
+    keys = [pickle.dumps(m.encoder, protocol=5) for m in members]
+    return [keys.index(key) for key in keys]
+
+
 class FastModel:
     """P(default) for raw matrices, records and frames, without pandas or sklearn at call time.
 
@@ -785,6 +793,19 @@ class FastModel:
                      "the averaged members disagree on their input columns")
         self._lookup = [(name, {c: float(i) for i, c in enumerate(self.vocabulary[name])})
                         if name in self.vocabulary else (name, None) for name in self.features]
+        self._encoder_of = _shared_encoders(members)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_encoder_of" not in state:  # pickled before members shared encodings
+            self._encoder_of = _shared_encoders(self.members)
+
+    def _encode(self, encoders: list[Any], rows: Any) -> list[np.ndarray]:
+        """Each member's encoded rows, computed once per distinct encoder."""
+        out: list[np.ndarray] = []
+        for i, first in enumerate(self._encoder_of):
+            out.append(out[first] if first < i else encoders[i](rows))
+        return out
 
     def baseline(self, record: Mapping[str, Any]) -> Baseline:
         """Pre-encode a reference record (all features present) for the ``baseline=`` argument."""
@@ -811,12 +832,13 @@ class FastModel:
 
     def _predict(self, encoders: list[Any], rows: Any, baseline: Baseline | None) -> np.ndarray:
         if baseline is None:
-            return self._mean([m.proba(enc(rows)) for m, enc in zip(self.members, encoders)])
+            return self._mean([m.proba(z) for m, z in zip(self.members,
+                                                          self._encode(encoders, rows))])
         width = 1 + len(self.features)
         step = max(1, self.BLOCK_ROWS // width)
         parts = []
         for start in range(0, len(rows), step):
-            zs = [enc(rows[start:start + step]) for enc in encoders]
+            zs = self._encode(encoders, rows[start:start + step])
             n = len(zs[0])
             if all(isinstance(m.estimator, _Linear) for m in self.members):
                 parts.append(self._mean([

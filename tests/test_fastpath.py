@@ -435,3 +435,22 @@ def test_a_batch_walked_on_several_threads_gives_the_same_bits(models, full, fam
         threaded = member.estimator.bank.sums(z)
     assert fastpath._walkers is None
     assert np.array_equal(threaded, alone)
+
+
+def test_a_blends_members_share_one_encoding_and_calibrated_folds_do_not(blends, spec, full):
+    """Members fitted on the same rows have the same preprocessing: encoded once per call.
+    Cross-validated calibration fits each classifier on other rows: each keeps its own."""
+    fast = compile_model(blends("three families", "full"))
+    assert fast._encoder_of == [0, 0, 0]
+    calibrated = compile_model(CalibratedClassifierCV(
+        build_pipeline(spec, "logistic_regression", seed=0, params=FAMILIES[
+            "logistic_regression"]), method="sigmoid", cv=3, ensemble=True).fit(*full))
+    assert calibrated._encoder_of == [0, 1, 2]
+    # A model pickled before encodings were shared gets the table when it is loaded.
+    state = dict(fast.__dict__)
+    del state["_encoder_of"]
+    old = object.__new__(type(fast))
+    old.__setstate__(state)
+    assert old._encoder_of == [0, 0, 0]
+    X = full[0].head(50)
+    assert np.array_equal(old.predict_frame(X), fast.predict_frame(X))
