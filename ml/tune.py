@@ -108,14 +108,7 @@ def search(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray, seed: int,
             oof[test] = p
         results[family].append({"params": params, "oof_auc": float(roc_auc_score(y, oof)),
                                 "oof": oof})
-    candidates = []
-    for family in families:
-        top = max(results[family], key=lambda r: r["oof_auc"])  # first config wins a tie
-        candidates.append(Candidate(family, top["params"], top["oof_auc"], len(results[family]),
-                                    [{"params": r["params"], "oof_auc": r["oof_auc"]}
-                                     for r in results[family]], top["oof"]))
-        log.info("search %-24s best out-of-fold AUC %.4f of %d configs %s", family,
-                 top["oof_auc"], len(results[family]), top["params"])
+    candidates = [_best(family, results[family], "configs") for family in families]
     if len(candidates) >= 2:
         candidates.append(blend(candidates, y))
     return candidates
@@ -134,10 +127,17 @@ def blend(candidates: list[Candidate], y: np.ndarray) -> Candidate:
             oof = np.mean([m.oof for m in members], axis=0)
             results.append({"params": {m.family: m.params for m in members},
                             "oof_auc": float(roc_auc_score(y, oof)), "oof": oof})
+    return _best(BLEND, results, "combinations")
+
+
+def _best(family: str, results: list[dict[str, Any]], what: str) -> Candidate:
+    """The candidate of ``family``: its result with the highest out-of-fold AUC (the first
+    one wins a tie), with every result's figures kept for the report."""
     top = max(results, key=lambda r: r["oof_auc"])
-    log.info("search %-24s best out-of-fold AUC %.4f of %d combinations %s", BLEND,
-             top["oof_auc"], len(results), " + ".join(top["params"]))
-    return Candidate(BLEND, top["params"], top["oof_auc"], len(results),
+    shown = " + ".join(top["params"]) if family == BLEND else top["params"]
+    log.info("search %-24s best out-of-fold AUC %.4f of %d %s %s", family, top["oof_auc"],
+             len(results), what, shown)
+    return Candidate(family, top["params"], top["oof_auc"], len(results),
                      [{"params": r["params"], "oof_auc": r["oof_auc"]} for r in results],
                      top["oof"])
 
