@@ -5,9 +5,9 @@ written and checked against sklearn on every training row by the trainer), so a 
 never imports sklearn, scipy or pandas; its :meth:`Predictor.self_test` re-scores the
 card's self-test record against the PD sklearn gave at training time.
 ``Predictor.load(path, sklearn=True)`` (the batch scorer) loads the sklearn pickle,
-compiles it here and checks it against sklearn on the card's reference rows, which also
-lets a random forest walk large batches with sklearn's compiled trees. Either way,
-records and frames are scored without pandas in the loop.
+compiles it here and checks it against sklearn on the card's reference rows (without
+the C tree walk, that also lets a random forest walk large batches with sklearn's
+compiled trees). Either way, records and frames are scored without pandas in the loop.
 
 Each applicant gets:
 
