@@ -799,8 +799,13 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
             status, body = get(f"http://127.0.0.1:{port}/predict", json.dumps(example).encode())
             assert status == 200, body
 
+            # The first worker can answer before gunicorn has forked the last one.
+            expected, deadline = 1 + int(config["WEB_CONCURRENCY"]), time.monotonic() + 30
             pids = process_tree(server.pid)
-            assert len(pids) == 1 + int(config["WEB_CONCURRENCY"])
+            while len(pids) < expected and time.monotonic() < deadline:
+                time.sleep(0.25)
+                pids = process_tree(server.pid)
+            assert len(pids) == expected
             for pid in pids:
                 uid_line = re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(),
                                      re.M)
