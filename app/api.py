@@ -55,12 +55,13 @@ def predict() -> Response:
         raise APIError(415, "Send the request body as application/json.")
     config = current_app.config
     reasons = services.parse_reasons(request.args)
-    payload = services.decode_json(request.get_data(cache=False))
-    records, batch = services.read_instances(payload, predictor.spec, config["MAX_BATCH"])
-    results = services.predict(predictor, records, reasons, config["MAX_REASONS"])
+    records, results, batch = services.score_body(predictor, request.get_data(cache=False),
+                                                  reasons, config["MAX_BATCH"],
+                                                  config["MAX_REASONS"])
     request_id = logs.request_id()
-    services.record_prediction(current_app._get_current_object(), request_id, predictor,
-                               records, results, batch, config["LOG_FEATURES"])
+    logs.annotate(**services.record_prediction(current_app._get_current_object(), request_id,
+                                               predictor, records, results, batch,
+                                               config["LOG_FEATURES"]))
     response = _json(services.response_body(predictor, results, batch, request_id))
     # Credit decisions are personal data: no shared cache may keep them.
     response.headers["Cache-Control"] = "no-store"

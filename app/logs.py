@@ -158,10 +158,31 @@ def set_common_fields(app: Flask, **fields: Any) -> None:
     app.extensions.setdefault(_COMMON, {}).update(fields)
 
 
+def common_fields(app: Flask) -> dict[str, Any]:
+    """The fields written on every request line of ``app``."""
+    return app.extensions.get(_COMMON, {})
+
+
+def response_headers(request_id: str, elapsed_ms: float) -> list[tuple[str, str]]:
+    """Headers of every answer: its request id, and the server's own time for it (lets a
+    client, and the benchmark, see the server's share of the latency)."""
+    return [(REQUEST_ID_HEADER, request_id), ("Server-Timing", f"app;dur={elapsed_ms:.3f}")]
+
+
+def log_request(request_id: str, method: str, endpoint: str, status: int, elapsed_ms: float,
+                fields: Mapping[str, Any]) -> None:
+    """The request's one line: id, method, route, status, latency, then ``fields``."""
+    level = logging.ERROR if status >= 500 else logging.INFO
+    if log.isEnabledFor(level):
+        _write_request_line(level, {"request_id": request_id, "method": method,
+                                    "endpoint": endpoint, "status": status,
+                                    "latency_ms": round(elapsed_ms, 3), **fields})
+
+
 def _start_request() -> None:
     g.request_info = RequestInfo(time.perf_counter(),
                                  sane_request_id(request.headers.get(REQUEST_ID_HEADER)),
-                                 dict(current_app.extensions.get(_COMMON, ())))
+                                 dict(common_fields(current_app)))
 
 
 def _finish_request(response: Response) -> Response:
@@ -171,15 +192,10 @@ def _finish_request(response: Response) -> Response:
         info = g.request_info
     elapsed_ms = (time.perf_counter() - info.started) * 1000.0
     headers = response.headers
-    headers[REQUEST_ID_HEADER] = info.request_id
-    # Lets a client (and the benchmark) see the server's own time for the request.
-    headers["Server-Timing"] = f"app;dur={elapsed_ms:.3f}"
-    status = response.status_code
-    level = logging.ERROR if status >= 500 else logging.INFO
-    if log.isEnabledFor(level):
-        _write_request_line(level, {"request_id": info.request_id, "method": request.method,
-                                    "endpoint": endpoint_label(), "status": status,
-                                    "latency_ms": round(elapsed_ms, 3), **info.fields})
+    for name, value in response_headers(info.request_id, elapsed_ms):
+        headers[name] = value
+    log_request(info.request_id, request.method, endpoint_label(), response.status_code,
+                elapsed_ms, info.fields)
     return response
 
 

@@ -87,10 +87,15 @@ def exposition() -> Response:
                     headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def observe_request(endpoint: str, method: str, status: int, seconds: float) -> None:
+    """Count one answered request and record its latency."""
+    REQUESTS.labels(endpoint, method, str(status)).inc()
+    LATENCY.labels(endpoint).observe(seconds)
+
+
 def _observe_request(response: Response) -> Response:
-    endpoint = logs.endpoint_label()
-    REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-    LATENCY.labels(endpoint).observe(logs.request_latency())
+    observe_request(logs.endpoint_label(), request.method, response.status_code,
+                    logs.request_latency())
     return response
 
 

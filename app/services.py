@@ -11,7 +11,9 @@ module's ``init_app``::
 
 Receivers get the app as sender and keyword arguments ``request_id``, ``records``
 (validated applicants), ``results`` (one dict per applicant), ``model_name``,
-``model_version`` and ``batch``; they run inside the request, after the prediction.
+``model_version`` and ``batch``; they run inside the request, after the prediction,
+and may return a dict of fields for the request's log line. They must not rely on a
+Flask request or app context: :mod:`app.fastlane` answers most predictions below Flask.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Any, Mapping
 
 from blinker import Namespace
 
-from app import logs, metrics
+from app import metrics
 from app.errors import APIError
 from ml.schema import DatasetSpec, validate_record, validate_records
 
@@ -128,6 +130,17 @@ def _raise_if(problems: list[dict[str, str]]) -> None:
     raise APIError(400, message, problems[:MAX_DETAILS])
 
 
+def score_body(predictor: Any, body: bytes, reasons: bool, max_batch: int,
+               max_reasons: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    """A ``/predict`` body decoded, validated and scored: ``(records, results, batch)``.
+
+    Raises:
+        APIError: 400 when the body is not JSON or holds no valid applicants.
+    """
+    records, batch = read_instances(decode_json(body), predictor.spec, max_batch)
+    return records, predict(predictor, records, reasons, max_reasons), batch
+
+
 def predict(predictor: Any, records: list[dict[str, Any]], reasons: bool,
             max_reasons: int) -> list[dict[str, Any]]:
     """Score validated applicants; at most ``max_reasons`` reason codes each."""
@@ -141,8 +154,9 @@ def predict(predictor: Any, records: list[dict[str, Any]], reasons: bool,
 
 def record_prediction(app: Any, request_id: str, predictor: Any,
                       records: list[dict[str, Any]], results: list[dict[str, Any]],
-                      batch: bool, log_features: bool) -> None:
-    """Everything that follows a prediction: the log line's fields, metrics, the signal."""
+                      batch: bool, log_features: bool) -> dict[str, Any]:
+    """Everything that follows a prediction: metrics and the signal; returns the fields
+    for the request's log line (the receivers' among them)."""
     if batch:
         fields: dict[str, Any] = {"count": len(results),
                                   "decisions": dict(Counter(r["decision"] for r in results))}
@@ -152,12 +166,14 @@ def record_prediction(app: Any, request_id: str, predictor: Any,
                   "decision": first["decision"], "risk_grade": first["risk_grade"]}
     if log_features:
         fields["features"] = records if batch else records[0]
-    logs.annotate(**fields)
     metrics.observe_predictions(results)
     if prediction_made.receivers:
-        prediction_made.send(app, request_id=request_id, records=records, results=results,
-                             model_name=predictor.name, model_version=predictor.version,
-                             batch=batch)
+        for _, extra in prediction_made.send(app, request_id=request_id, records=records,
+                                             results=results, model_name=predictor.name,
+                                             model_version=predictor.version, batch=batch):
+            if extra:
+                fields.update(extra)
+    return fields
 
 
 def response_body(predictor: Any, results: list[dict[str, Any]], batch: bool,

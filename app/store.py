@@ -26,11 +26,9 @@ def get_store() -> PredictionStore:
 
 def save_predictions(app: Any, request_id: str, records: list[dict[str, Any]],
                      results: list[dict[str, Any]], model_name: str, model_version: str,
-                     batch: bool, **_: Any) -> None:
-    """``prediction_made`` receiver: queue (or, in ``sync`` mode, write) the rows, and say
-    on the request's log line what became of them; a failure never fails the request."""
-    from app import logs
-
+                     batch: bool, **_: Any) -> dict[str, Any]:
+    """``prediction_made`` receiver: queue (or, in ``sync`` mode, write) the rows; returns
+    what became of them, for the request's log line. A failure never fails the request."""
     store: PredictionStore = app.extensions[EXTENSION]
     if store.write == "async":
         try:
@@ -39,22 +37,18 @@ def save_predictions(app: Any, request_id: str, records: list[dict[str, Any]],
         except StoreUnavailable as exc:
             STORE_ERRORS.labels("write").inc()
             DROPPED_ROWS.labels("unavailable").inc(len(records))
-            logs.annotate(stored="dropped", store_error=str(exc))
-            return
+            return {"stored": "dropped", "store_error": str(exc)}
         if queued:
-            logs.annotate(stored="queued")
-        else:
-            logs.annotate(stored="dropped", store_error="the store's write queue is full")
-        return
+            return {"stored": "queued"}
+        return {"stored": "dropped", "store_error": "the store's write queue is full"}
     try:
         store.save(request_id, records, results, model_name, model_version, batch)
     except StoreUnavailable as exc:
         STORE_ERRORS.labels("write").inc()
-        logs.annotate(stored=False)
         log.warning("prediction not stored", extra={"reason": str(exc),
                                                     "backend": store.backend})
-        return
-    logs.annotate(stored=True)
+        return {"stored": False}
+    return {"stored": True}
 
 
 def readiness() -> str:

@@ -157,8 +157,9 @@ def submit() -> Response:
         return _page(400, spec=spec, predictor=predictor, errors=errors, values=values)
     config = current_app.config
     results = services.predict(predictor, [record], True, config["MAX_REASONS"])
-    services.record_prediction(current_app._get_current_object(), logs.request_id(),
-                               predictor, [record], results, False, config["LOG_FEATURES"])
+    logs.annotate(**services.record_prediction(
+        current_app._get_current_object(), logs.request_id(), predictor, [record], results,
+        False, config["LOG_FEATURES"]))
     return _page(spec=spec, predictor=predictor, errors={}, values=values,
                  result=describe_result(predictor, results[0]),
                  request_id=logs.request_id())

@@ -1,0 +1,202 @@
+"""The fast lane (app/fastlane.py) answers exactly as the Flask view does.
+
+Every request of the table goes to two apps on the same model, one with the lane and one
+without, and must get the same status, headers, body, log line, metrics and stored rows;
+the lane must take the valid predictions and hand everything else to Flask.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pytest
+from prometheus_client import REGISTRY
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from app import create_app, services
+from app.fastlane import PredictLane
+from app.store import EXTENSION as STORE
+
+REQUEST_ID = "parity-0001"
+
+
+def _app(model_dir, tmp_path_factory, lane):
+    db = tmp_path_factory.mktemp("lane" if lane else "flask") / "predictions.db"
+    return create_app({"MODEL_DIR": str(model_dir), "TESTING": True, "FAST_LANE": lane,
+                       "DATABASE_URL": f"sqlite:///{db}", "STORE_WRITE": "sync",
+                       "MAX_BATCH": 3, "MAX_CONTENT_LENGTH": 64 * 1024})
+
+
+@pytest.fixture(scope="module")
+def app(trained_model_dir, tmp_path_factory):  # noqa: F811 - the lane app is the module's app
+    return _app(trained_model_dir, tmp_path_factory, lane=True)
+
+
+@pytest.fixture(scope="module")
+def flask_app(trained_model_dir, tmp_path_factory):
+    return _app(trained_model_dir, tmp_path_factory, lane=False)
+
+
+@pytest.fixture()
+def taken(app, monkeypatch):
+    """Counts the requests the lane hands on to Flask."""
+    lane = app.wsgi_app
+    calls = []
+
+    def fallback(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        return lane.fallback_wsgi(environ, start_response)
+
+    monkeypatch.setattr(lane, "fallback_wsgi", lane.fallback, raising=False)
+    monkeypatch.setattr(lane, "fallback", fallback)
+    return calls
+
+
+def _example(app):
+    return dict(app.extensions["credit_model"].predictor.card["example"])
+
+
+def _json_body(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+# name -> function of the example applicant giving (method, path, content type, body,
+# whether the lane answers it itself)
+CASES = {
+    "single": lambda ex: ("POST", "/predict", "application/json", _json_body(ex), True),
+    "no_reasons": lambda ex: ("POST", "/predict?reasons=false", "application/json",
+                              _json_body(ex), True),
+    "reasons_spelled_yes": lambda ex: ("POST", "/predict?reasons=YES", "application/json",
+                                       _json_body(ex), True),
+    "charset": lambda ex: ("POST", "/predict", "application/json; charset=utf-8",
+                           _json_body(ex), True),
+    "batch": lambda ex: ("POST", "/predict", "application/json",
+                         _json_body({"instances": [ex, ex]}), True),
+    "batch_too_big": lambda ex: ("POST", "/predict", "application/json",
+                                 _json_body({"instances": [ex] * 4}), False),
+    "empty_batch": lambda ex: ("POST", "/predict", "application/json",
+                               _json_body({"instances": []}), False),
+    "unknown_field": lambda ex: ("POST", "/predict", "application/json",
+                                 _json_body({**ex, "favourite_colour": "red"}), False),
+    "missing_field": lambda ex: ("POST", "/predict", "application/json",
+                                 _json_body({k: v for k, v in list(ex.items())[1:]}), False),
+    "nan": lambda ex: ("POST", "/predict", "application/json",
+                       json.dumps({k: float("nan") for k in ex}).encode(), False),
+    "not_json": lambda ex: ("POST", "/predict", "application/json", b"{not json", False),
+    "array": lambda ex: ("POST", "/predict", "application/json", b"[1, 2]", False),
+    "empty_body": lambda ex: ("POST", "/predict", "application/json", b"", False),
+    "text_plain": lambda ex: ("POST", "/predict", "text/plain", _json_body(ex), False),
+    "too_large": lambda ex: ("POST", "/predict", "application/json",
+                             b'{"x": "' + b"a" * 70_000 + b'"}', False),
+    "reasons_unclear": lambda ex: ("POST", "/predict?reasons=maybe", "application/json",
+                                   _json_body(ex), False),
+    "reasons_empty": lambda ex: ("POST", "/predict?reasons=", "application/json",
+                                 _json_body(ex), False),
+    "other_query": lambda ex: ("POST", "/predict?reasons=false&debug=1", "application/json",
+                               _json_body(ex), False),
+    "encoded_query": lambda ex: ("POST", "/predict?reasons=%66alse", "application/json",
+                                 _json_body(ex), False),
+    "get": lambda ex: ("GET", "/predict", None, None, False),
+    "trailing_slash": lambda ex: ("POST", "/predict/", "application/json", _json_body(ex),
+                                  False),
+}
+
+
+def _environ(method, path, content_type, body, request_id=REQUEST_ID):
+    builder = EnvironBuilder(path=path, method=method, data=body, content_type=content_type,
+                             headers={"X-Request-ID": request_id})
+    try:
+        return builder.get_environ()
+    finally:
+        builder.close()
+
+
+def _call(app, environ):
+    iterable, status, headers = run_wsgi_app(app, environ)
+    body = b"".join(iterable)
+    if hasattr(iterable, "close"):
+        iterable.close()
+    return int(status.split()[0]), dict(headers), body
+
+
+def _metric(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _observed(app, environ, capsys):
+    """Everything a request leaves behind: answer, log line, metric deltas, stored rows."""
+    capsys.readouterr()
+    before = [_metric("credit_api_requests_total", endpoint=e, method=environ["REQUEST_METHOD"],
+                      status=s) for e in ("/predict", "<unmatched>") for s in ("200", "400")]
+    decisions = [_metric("credit_api_decisions_total", decision=d)
+                 for d in ("approve", "decline")]
+    pd_count = _metric("credit_api_probability_of_default_count")
+    status, headers, body = _call(app, environ)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+             if line.startswith("{")]
+    [line] = [r for r in lines if r.get("message") == "request"]
+    after = [_metric("credit_api_requests_total", endpoint=e, method=environ["REQUEST_METHOD"],
+                     status=s) for e in ("/predict", "<unmatched>") for s in ("200", "400")]
+    timing = headers.pop("Server-Timing")
+    assert re.fullmatch(r"app;dur=\d+\.\d{3}", timing)
+    for key in ("timestamp", "latency_ms"):
+        line.pop(key)
+    rows = [{k: v for k, v in row.items() if k not in ("id", "created_at")}
+            for row in app.extensions[STORE].window()] if status == 200 else []
+    return {"status": status, "headers": headers, "body": json.loads(body), "log": line,
+            "requests": [a - b for a, b in zip(after, before)],
+            "decisions": [_metric("credit_api_decisions_total", decision=d) - n
+                          for d, n in zip(("approve", "decline"), decisions)],
+            "pds": _metric("credit_api_probability_of_default_count") - pd_count,
+            "rows": rows[-2:]}
+
+
+def test_the_lane_sits_in_front_of_flask_only_when_enabled(app, flask_app):
+    assert isinstance(app.wsgi_app, PredictLane)
+    assert not isinstance(flask_app.wsgi_app, PredictLane)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_answer_log_metrics_and_rows_with_and_without_the_lane(case, app, flask_app,
+                                                                    taken, capsys):
+    method, path, content_type, body, lane_answers = CASES[case](_example(app))
+    with_lane = _observed(app, _environ(method, path, content_type, body), capsys)
+    without = _observed(flask_app, _environ(method, path, content_type, body), capsys)
+    assert with_lane == without
+    assert (taken == []) is lane_answers
+    if lane_answers:
+        assert with_lane["status"] == 200 and with_lane["headers"]["Cache-Control"] == "no-store"
+        assert with_lane["rows"] and with_lane["log"]["stored"] is True
+
+
+def test_a_body_shorter_than_declared_goes_to_flask(app, flask_app, taken):
+    body = _json_body(_example(app))
+    answers = []
+    for target in (app, flask_app):
+        environ = _environ("POST", "/predict", "application/json", body)
+        environ["wsgi.input"] = io.BytesIO(body[:-5])
+        answers.append(_call(target, environ)[::2])
+    assert answers[0] == answers[1] and answers[0][0] == 400
+    assert taken == ["/predict"]
+
+
+@pytest.mark.parametrize("where", ["score_body", "response_body"])
+def test_a_bug_answers_the_same_json_500(where, app, flask_app, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(services, where, broken)
+    example = _json_body(_example(app))
+    answers = []
+    for target in (app, flask_app):
+        capsys.readouterr()
+        status, headers, body = _call(target, _environ("POST", "/predict", "application/json",
+                                                       example))
+        out = capsys.readouterr().out
+        [line] = [json.loads(x) for x in out.splitlines() if '"message":"request"' in x]
+        assert '"message":"unhandled error"' in out and "RuntimeError" in out
+        answers.append((status, headers["Content-Type"], json.loads(body), line["status"],
+                        line["level"]))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 500 and answers[0][2]["error"] == "Internal Server Error"
