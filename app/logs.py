@@ -30,6 +30,8 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _RESERVED = frozenset(vars(logging.makeLogRecord({})))
 
 _COMMON = "request_log_fields"
+# Built once: json.dumps with options builds a new encoder per call.
+_LINE = json.JSONEncoder(default=str, separators=(",", ":"))
 
 log = logging.getLogger("app.request")
 
@@ -56,7 +58,7 @@ def json_line(created: float, level: str, logger: str, message: str, pid: int | 
     for key, value in fields.items():
         if key not in entry:
             entry[key] = value
-    return json.dumps(entry, default=str, separators=(",", ":"))
+    return _LINE.encode(entry)
 
 
 def timestamp(created: float) -> str:

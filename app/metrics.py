@@ -41,6 +41,19 @@ MODEL_READY = Gauge("credit_api_model_ready",
                     multiprocess_mode="livemax")
 
 
+# Labelled children by label values: ``labels()`` builds and checks its key on every call.
+# A child keeps working across fork (prometheus_client re-opens its file in the child).
+_REQUEST_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_DECISION_CHILDREN: dict[str, Any] = {}
+
+
+def _decisions(decision: str) -> Any:
+    child = _DECISION_CHILDREN.get(decision)
+    if child is None:
+        child = _DECISION_CHILDREN[decision] = DECISIONS.labels(decision)
+    return child
+
+
 def multiprocess_mode() -> bool:
     """Whether samples are shared through ``PROMETHEUS_MULTIPROC_DIR`` (gunicorn)."""
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -53,11 +66,11 @@ def observe_predictions(results: list[dict[str, Any]]) -> None:
     batch costs 0.3 instead of 7 ms.
     """
     if len(results) == 1:
-        DECISIONS.labels(results[0]["decision"]).inc()
+        _decisions(results[0]["decision"]).inc()
         PD.observe(results[0]["probability_of_default"])
         return
     for decision, count in Tally(r["decision"] for r in results).items():
-        DECISIONS.labels(decision).inc(count)
+        _decisions(decision).inc(count)
     observe_many(PD, [r["probability_of_default"] for r in results])
 
 
@@ -89,8 +102,13 @@ def exposition() -> Response:
 
 def observe_request(endpoint: str, method: str, status: int, seconds: float) -> None:
     """Count one answered request and record its latency."""
-    REQUESTS.labels(endpoint, method, str(status)).inc()
-    LATENCY.labels(endpoint).observe(seconds)
+    key = (endpoint, method, status)
+    children = _REQUEST_CHILDREN.get(key)
+    if children is None:  # bounded: routes x methods x statuses
+        children = _REQUEST_CHILDREN[key] = (REQUESTS.labels(endpoint, method, str(status)),
+                                             LATENCY.labels(endpoint))
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def _observe_request(response: Response) -> Response:

@@ -46,6 +46,11 @@ def _parse_int(text: str) -> int | float:
     return int(text) if len(text) <= 20 else float(text)
 
 
+# Built once: ``json.loads``/``json.dumps`` with options build a new decoder/encoder per call.
+_STRICT = json.JSONDecoder(parse_constant=_reject_constant)
+_STRICT_BIG_INTS = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_parse_int)
+
+
 def decode_json(body: bytes) -> Any:
     """Parse a request body as strict JSON; raises a 400 :class:`APIError` if it is not.
 
@@ -58,10 +63,11 @@ def decode_json(body: bytes) -> Any:
     if not body:
         raise APIError(400, "The request body is empty; send a JSON object.")
     try:
+        text = body.decode(json.detect_encoding(body), "surrogatepass")  # as json.loads does
         try:
-            return json.loads(body, parse_constant=_reject_constant)
+            return _STRICT.decode(text)
         except ValueError:
-            return json.loads(body, parse_constant=_reject_constant, parse_int=_parse_int)
+            return _STRICT_BIG_INTS.decode(text)
     except RecursionError:
         raise APIError(400, "The request body is nested too deeply.") from None
     except ValueError:  # includes UnicodeDecodeError and json.JSONDecodeError
@@ -185,12 +191,15 @@ def response_body(predictor: Any, results: list[dict[str, Any]], batch: bool,
     return {**results[0], "model": model, "request_id": request_id}
 
 
-def to_json(body: Any) -> str:
-    """Compact JSON, tolerating numpy scalars a predictor may return."""
-    return json.dumps(body, separators=(",", ":"), default=_plain)
-
-
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), default=_plain)
+
+
+def to_json(body: Any) -> str:
+    """Compact JSON, tolerating numpy scalars a predictor may return."""
+    return _COMPACT.encode(body)
