@@ -102,7 +102,8 @@ class PredictLane:
             length = int(environ.get("CONTENT_LENGTH") or "")
         except ValueError:
             return None
-        if not 0 < length <= self.app.config["MAX_CONTENT_LENGTH"]:
+        limit = self.app.config.get("MAX_CONTENT_LENGTH")  # None: Flask's "no limit"
+        if length <= 0 or (limit is not None and length > limit):
             return None
         query = environ.get("QUERY_STRING", "")
         if not query:

@@ -200,3 +200,12 @@ def test_a_bug_answers_the_same_json_500(where, app, flask_app, monkeypatch, cap
                         line["level"]))
     assert answers[0] == answers[1]
     assert answers[0][0] == 500 and answers[0][2]["error"] == "Internal Server Error"
+
+
+def test_no_body_limit_means_no_limit(trained_model_dir, tmp_path):
+    app = create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True,
+                      "MAX_CONTENT_LENGTH": None,
+                      "DATABASE_URL": f"sqlite:///{tmp_path}/predictions.db"})
+    status, _, body = _call(app, _environ("POST", "/predict", "application/json",
+                                          _json_body(_example(app))))
+    assert status == 200 and "probability_of_default" in json.loads(body)
