@@ -1,14 +1,17 @@
 """HTTP benchmark of the real server command against a bare-Flask ceiling.
 
-Starts ``gunicorn -c gunicorn.conf.py`` (2 workers, the production settings) twice —
-once with ``benchmarks/ceiling_app.py``, once with the API — and drives each with
-``wrk`` (8 connections; 2 interleaved rounds of 5 s per scenario, the best reported, so
-a burst of load from elsewhere on the machine does not decide a figure):
+Starts ``gunicorn -c gunicorn.conf.py`` (2 workers, the production settings) with
+``benchmarks/ceiling_app.py``, then with the API (twice: as shipped, and with
+``FAST_LANE=false``) and drives each with ``wrk`` (8 connections; 2 interleaved rounds
+of 5 s per scenario, the best reported, so a burst of load from elsewhere on the
+machine does not decide a figure):
 
   a. ceiling: bare Flask JSON endpoint (same body, same gunicorn settings)
   b. POST /predict?reasons=false, one applicant
   c. POST /predict, one applicant with reason codes
-  d. POST /predict?reasons=false, a batch of 1,000 applicants (server time from the
+  d. b. on the ``FAST_LANE=false`` server: every request through the Flask view (what
+     ``app/fastlane.py`` buys; not a target)
+  e. POST /predict?reasons=false, a batch of 1,000 applicants (server time from the
      ``Server-Timing`` header over sequential requests)
 
 and reports req/s, ratios to the ceiling, p50/p99 latency, seconds from start to
@@ -57,12 +60,13 @@ def free_port() -> int:
 class Server:
     """A gunicorn master started with the repository's gunicorn.conf.py."""
 
-    def __init__(self, app: str, model_dir: Path, workdir: Path, workers: int = 2):
+    def __init__(self, app: str, model_dir: Path, workdir: Path, workers: int = 2,
+                 **settings: str):
         self.port = free_port()
-        self.log = open(workdir / f"{app.split(':')[0]}.log", "wb")
+        self.log = open(workdir / f"{app.split(':')[0]}-{self.port}.log", "wb")
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         env.update(PORT=str(self.port), MODEL_DIR=str(model_dir), WEB_CONCURRENCY=str(workers),
-                   TMPDIR=str(workdir))
+                   TMPDIR=str(workdir), **settings)
         self.started = time.perf_counter()
         self.process = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", app],
                                         cwd=ROOT, env=env, stdout=self.log,
@@ -206,15 +210,18 @@ def run_all(model_dir: Path, workdir: Path, duration: int, rounds: int) -> dict:
     # Started one after the other, so each start-up is timed alone; idle sync workers
     # cost nothing while the other server is measured.
     ceiling = Server("benchmarks.ceiling_app:create_app()", model_dir, workdir)
-    api = None
+    api = flask_only = None
     try:
         measured = {"ceiling_ready_s": ceiling.wait_ready()}
         api = Server("app:create_app()", model_dir, workdir)
         measured["ready_s"] = api.wait_ready()
         measured["pss_mb_idle"] = api.pss_mb()
+        flask_only = Server("app:create_app()", model_dir, workdir, FAST_LANE="false")
+        flask_only.wait_ready()
         scenarios = {"ceiling": (ceiling.port, "/predict"),
                      "predict": (api.port, "/predict?reasons=false"),
-                     "reasons": (api.port, "/predict")}
+                     "reasons": (api.port, "/predict"),
+                     "predict_flask_only": (flask_only.port, "/predict?reasons=false")}
         # Interleaved rounds: a burst of load from elsewhere on the machine hits one
         # round of every scenario rather than every round of one.
         runs: dict[str, list[dict]] = {name: [] for name in scenarios}
@@ -226,9 +233,9 @@ def run_all(model_dir: Path, workdir: Path, duration: int, rounds: int) -> dict:
         measured["ceiling_pss_mb"] = ceiling.pss_mb()
         measured.update({name: best_run(r) for name, r in runs.items()}, rounds=runs)
     finally:
-        ceiling.stop()
-        if api is not None:
-            api.stop()
+        for server in (ceiling, api, flask_only):
+            if server is not None:
+                server.stop()
     return measured
 
 
@@ -265,6 +272,8 @@ def build_report(m: dict, card: dict, args: argparse.Namespace, load: tuple) -> 
         "ceiling": m["ceiling"],
         "predict": {**m["predict"], "ratio_to_ceiling": m["predict"]["requests_per_s"] / top},
         "reasons": {**m["reasons"], "ratio_to_ceiling": m["reasons"]["requests_per_s"] / top},
+        "predict_flask_only": {**m["predict_flask_only"], "ratio_to_ceiling":
+                               m["predict_flask_only"]["requests_per_s"] / top},
         "batch_1000": m["batch"],
         **{k: m[k] for k in ("ready_s", "ceiling_ready_s", "pss_mb", "pss_mb_idle",
                              "ceiling_pss_mb")},
@@ -297,13 +306,14 @@ def print_table(report: dict) -> None:
     rows = [("scenario", "req/s", "vs ceiling", "p50 ms", "p99 ms")]
     for key, label in (("ceiling", "a. bare Flask (ceiling)"),
                        ("predict", "b. /predict?reasons=false"),
-                       ("reasons", "c. /predict with reasons")):
+                       ("reasons", "c. /predict with reasons"),
+                       ("predict_flask_only", "d. b. with FAST_LANE=false")):
         s = f[key]
         rows.append((label, f"{s['requests_per_s']:.0f}",
                      f"{s.get('ratio_to_ceiling', 1.0):.0%}", f"{s['p50_ms']:.2f}",
                      f"{s['p99_ms']:.2f}"))
     b = f["batch_1000"]
-    rows.append(("d. batch of 1,000 (server)", f"{b['records_per_s']:.0f} rec/s", "",
+    rows.append(("e. batch of 1,000 (server)", f"{b['records_per_s']:.0f} rec/s", "",
                  f"{b['server_p50_ms']:.1f}", f"{b['server_p99_ms']:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
