@@ -11,8 +11,8 @@
  *
  * Every index read from the nodes is checked against the bounds it indexes, and every
  * path must end on a leaf, so a corrupt array raises ValueError instead of reading outside
- * memory or summing inner nodes. The GIL is released for
- * the walk. Only the buffer protocol is used: no numpy headers are needed to build it.
+ * memory or summing inner nodes. The GIL is released for large walks only (see
+ * KEEP_GIL). Only the buffer protocol is used: no numpy headers are needed to build it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,6 +41,14 @@ typedef struct {
 /* Rows per pass over the trees: their part of x stays in the L1/L2 cache while every
  * tree reads it (a whole 50,000-row matrix re-read per tree ran 3x slower per row). */
 #define ROWS 128
+
+/* Walks of fewer (row, tree) pairs than this keep the GIL: at about 10 ns a pair, that is
+ * at most ~0.15 ms, and a request's walks (one row, or a row and its what-if rows, times a
+ * few hundred trees) stay below it. Releasing the GIL there would let a thread waiting for
+ * it (the API worker's store writer) run in the middle of the request, and taking it back
+ * costs a thread switch, more than the walk itself. Larger walks (the batch scorer's
+ * parts, one per thread) release it so that they run in parallel. */
+#define KEEP_GIL 16384
 
 /* Rows [r0, r1) through the nb trees whose roots are at[0..nb): adds each row's leaves
  * to out[r] in tree order; returns 0, or -1 when an index is out of bounds. A leaf points
@@ -140,7 +148,10 @@ sum_leaves(PyObject *self, PyObject *args)
         goto done;
     }
     int status;
-    Py_BEGIN_ALLOW_THREADS
+    PyThreadState *state = NULL;
+    if ((double)n_rows * (double)n_trees >= KEEP_GIL) {  /* in double: cannot overflow */
+        state = PyEval_SaveThread();
+    }
     if (wide) {
         status = walk64((const Node64 *)nodes.buf, n_nodes, (const double *)values.buf,
                         (const int32_t *)roots.buf, (const int32_t *)depths.buf, n_trees,
@@ -150,7 +161,9 @@ sum_leaves(PyObject *self, PyObject *args)
                         (const int32_t *)roots.buf, (const int32_t *)depths.buf, n_trees,
                         (const float *)x.buf, n_rows, width, (double *)out.buf);
     }
-    Py_END_ALLOW_THREADS
+    if (state != NULL) {
+        PyEval_RestoreThread(state);
+    }
     if (status) {
         PyErr_SetString(PyExc_ValueError,
                         "sum_leaves: a node index is out of bounds or a path is too short");
@@ -182,5 +195,9 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__treewalk(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "KEEP_GIL", KEEP_GIL) < 0) {
+        Py_CLEAR(m);
+    }
+    return m;
 }

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -414,6 +417,47 @@ def test_native_walk_refuses_damaged_nodes_instead_of_reading_past_them(models, 
         out = np.empty(3)
     with pytest.raises(ValueError):
         fastpath._treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
+
+
+@pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
+def test_a_requests_walk_keeps_the_gil_and_a_batchs_releases_it(models, full):
+    """Below KEEP_GIL (row, tree) pairs no other thread (the API's store writer) can run in
+    the middle of the walk; both sides of the threshold add the same leaves."""
+    fast, member = _member(models, "random_forest")
+    bank = member.estimator.bank
+    z = member.encoder.encode(fast.raw_from_frame(full[0]))
+    small = fastpath._treewalk.KEEP_GIL // bank.n_trees
+    assert small * bank.n_trees < fastpath._treewalk.KEEP_GIL <= (small + 1) * bank.n_trees
+    expected = bank.leaf_values(z).sum(axis=0)
+    for rows in (1, small, small + 1):
+        assert np.array_equal(bank.sums(z[:rows]), expected[:rows])
+    nodes, values, roots, depths, wide = bank.native
+    x = np.ascontiguousarray(z[:small], dtype=np.float32)
+    out = np.empty(small)
+    steps: list[None] = []
+    started, stop = threading.Event(), threading.Event()
+
+    def waiter() -> None:  # wants the GIL back as soon as it gives it up
+        started.set()
+        while not stop.is_set():
+            steps.append(None)
+            time.sleep(0)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60)  # the main thread then keeps the GIL unless it releases it
+    thread = threading.Thread(target=waiter)
+    try:
+        thread.start()
+        started.wait()
+        before = len(steps)
+        for _ in range(200):
+            fastpath._treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out,
+                                          wide)
+        assert len(steps) == before
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
 
 
 def test_the_native_walk_is_built_where_ci_runs():
