@@ -42,7 +42,6 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ml.data import MISSING_TOKENS, convert_column
-from ml.fastpath import walk_threads
 from ml.predictor import OUTPUT_COLUMNS, Predictor, Scores
 from ml.schema import CATEGORICAL, Feature
 
@@ -81,9 +80,9 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
     errors_path = out_csv.with_name(out_csv.name + ".errors.csv")
     size = in_csv.stat().st_size
     # One BLAS thread: each chunk's matrix products are small, and idle OpenBLAS threads
-    # spinning between them slowed the whole run 2.4x (measured, reasons on). Tree walks
-    # run in C without the GIL, one part of each chunk per usable core.
-    with threadpool_limits(limits=1, user_api="blas"), walk_threads(len(os.sched_getaffinity(0))), \
+    # spinning between them slowed the whole run 2.4x (measured, reasons on). The cores
+    # are used by scoring chunks in parallel instead (see _score_blocks).
+    with threadpool_limits(limits=1, user_api="blas"), \
             open(in_csv, "rb") as src, open(out_csv, "wb") as out, \
             _ErrorLog(errors_path) as errors, \
             tqdm(total=size, unit="B", unit_scale=True, desc="scoring", file=sys.stderr,
@@ -95,7 +94,8 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
         rows = scored = 0
         line = 1 + header_line.count(b"\n")
         bar.update(len(header_line))
-        for block, result in _score_blocks(chunker, _blocks(src, chunksize)):
+        for block, result in _score_blocks(chunker, _blocks(src, chunksize),
+                                           ahead=len(os.sched_getaffinity(0))):
             out.write(result.output)
             errors.write([chunker.error_line(rows + i + 1, line + rel_line - 1, problem, record)
                           for i, rel_line, problem, record in result.errors])
@@ -111,17 +111,18 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
 
 
 def _score_blocks(chunker: "_Chunker", blocks: Iterator[bytes],
-                  ahead: int = 1) -> Iterator[tuple[bytes, "_BlockResult"]]:
-    """(block, result) in input order, each block's model work overlapped with the next
-    block's reading.
+                  ahead: int) -> Iterator[tuple[bytes, "_BlockResult"]]:
+    """(block, result) in input order, the model work of ``ahead`` blocks at a time
+    overlapped with the reading of the next.
 
     This thread tokenises and converts a block (the column caches are not shared), then
-    hands the rest (the model, the output bytes) to a worker while it reads the next:
-    the C tree walk and numpy's large operations release the GIL, so the two overlap on
-    two cores (measured 1.3x the rows/s of one thread doing both in turn). At most
-    ``ahead`` blocks wait for their worker. Threads, not processes: forked workers
-    measured no faster on the 2-vCPU nodes this runs on, and a fork after sklearn has
-    started its OpenMP pool (large tree batches do) can deadlock the child.
+    hands the rest (the model, the output bytes) to one of ``ahead`` workers while it
+    reads the next: the C tree walk and numpy's large operations release the GIL, so
+    they run on all the cores (on 2 cores, one worker per core measured 1.4x the rows/s
+    of one thread doing everything, and 1.1x one worker whose tree walks are split in
+    two). Threads, not processes: forked workers measured no faster on the 2-vCPU nodes
+    this runs on, and a fork after sklearn has started its OpenMP pool (large tree
+    batches do) can deadlock the child.
     """
     with ThreadPoolExecutor(ahead, thread_name_prefix="score") as pool:
         pending: deque[tuple[bytes, Future]] = deque()
