@@ -399,20 +399,24 @@ def test_native_and_numpy_tree_walks_give_the_same_bits(models, full, blanked, f
 
 
 @pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
+@pytest.mark.parametrize("tree", [0, -1], ids=["a full block", "the last block"])
 @pytest.mark.parametrize("damage", ["child", "feature", "root", "short path", "sizes"])
-def test_native_walk_refuses_damaged_nodes_instead_of_reading_past_them(models, full, damage):
+def test_native_walk_refuses_damaged_nodes_instead_of_reading_past_them(models, damage, tree):
+    """Trees are walked in blocks (full ones by a specialised copy of the loop): damage in
+    the first tree or the last is caught alike."""
     _, member = _member(models, "random_forest")
     nodes, values, roots, depths, wide = member.estimator.bank.native
+    assert len(roots) % 16, "the last block must be a partial one"
     nodes, roots, depths = nodes.copy(), roots.copy(), depths.copy()
     x = np.zeros((2, member.encoder.n_out), dtype=np.float32)
     out = np.empty(2)
     if damage == "child":
-        nodes["left"][roots[0]] = nodes["right"][roots[0]] = len(nodes) + 7
+        nodes["left"][roots[tree]] = nodes["right"][roots[tree]] = len(nodes) + 7
     elif damage == "feature":
-        nodes["feature"][roots[0]] = x.shape[1]
+        nodes["feature"][roots[tree]] = x.shape[1]
     elif damage == "root":
-        roots[-1] = -2
-    elif damage == "short path":  # the walk would stop on an inner node
+        roots[tree] = -2
+    elif damage == "short path":  # the walk would stop on inner nodes
         depths[:] = 0
     else:
         out = np.empty(3)
