@@ -29,8 +29,9 @@ What is compiled, and how sklearn 1.9 computes it (this module replicates each s
 
 All trees of an ensemble are packed into flat arrays. When the C extension
 ``ml/_treewalk.c`` is built (``pip install -e .`` compiles it; it is optional), each row
-walks every tree in C with the GIL released: about 9 µs per row of a 300-tree forest,
-for one request, its what-if rows and the batch scorer alike. Without it, the trees are
+walks every tree in C: about 2.5 µs per row of a 300-tree forest, for one request, its
+what-if rows and the batch scorer alike (whose threads walk in parallel: large walks
+release the GIL; a request's small ones keep it). Without it, the trees are
 walked in numpy level by level for the whole batch at once (trees sorted by depth, so
 each level only touches trees that are still descending), with no Python loop per tree
 or per row; both walks add the trees in the same order and give the same bits (tested).
@@ -51,12 +52,10 @@ scores without ever importing sklearn, scipy or pandas (see :func:`ml.artifact.l
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import pickle
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -88,32 +87,6 @@ walked by sklearn's own compiled ``Tree.apply``, one call per tree, on the encod
 ~3 ms is then repaid by a per-row cost 3x below the numpy walk's. Below it the numpy
 walk wins (measured on the trained forest: 0.6 ms against 3.4 ms for 19 rows, 29
 against 17 ms for 1,000)."""
-
-THREAD_ROWS = 1024
-"""Inside :func:`walk_threads`, the C walk splits batches into parts of at least this
-many rows, one per thread."""
-
-_walkers: tuple[ThreadPoolExecutor, int] | None = None  # (pool, threads) in walk_threads
-
-
-@contextlib.contextmanager
-def walk_threads(threads: int) -> Iterator[None]:
-    """Within the block, large batches' tree walks run on ``threads`` threads.
-
-    The C walk releases the GIL, so a batch job (``python -m ml score``) gains from every
-    core. The API does not use this: its gunicorn workers already take one core each.
-    Not re-entrant, and meant for one job per process.
-    """
-    global _walkers
-    if threads <= 1 or _treewalk is None or _walkers is not None:
-        yield
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix="tree-walk") as pool:
-        _walkers = (pool, threads)
-        try:
-            yield
-        finally:
-            _walkers = None
 
 
 class UnsupportedModelError(ArtifactError):
@@ -467,17 +440,7 @@ class _TreeBank:
         nodes, values, roots, depths, wide = self.native
         x = np.ascontiguousarray(z, dtype=np.float64 if wide else np.float32)
         out = np.empty(len(x))
-        pool, threads = _walkers or (None, 1)
-        parts = min(threads, len(x) // THREAD_ROWS)
-        if pool is None or parts < 2:  # a request: one call, nothing else
-            _treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
-            return out
-        bounds = [len(x) * i // parts for i in range(parts + 1)]
-        futures = [pool.submit(_treewalk.sum_leaves, nodes, values, roots, depths, x[a:b],
-                               x.shape[1], out[a:b], wide)  # each thread fills its own rows
-                   for a, b in zip(bounds[:-1], bounds[1:])]
-        for future in futures:
-            future.result()
+        _treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
         return out
 
     def leaf_values(self, z: np.ndarray) -> np.ndarray:

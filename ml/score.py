@@ -30,6 +30,8 @@ import io
 import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -40,7 +42,6 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ml.data import MISSING_TOKENS, convert_column
-from ml.fastpath import walk_threads
 from ml.predictor import OUTPUT_COLUMNS, Predictor, Scores
 from ml.schema import CATEGORICAL, Feature
 
@@ -79,9 +80,9 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
     errors_path = out_csv.with_name(out_csv.name + ".errors.csv")
     size = in_csv.stat().st_size
     # One BLAS thread: each chunk's matrix products are small, and idle OpenBLAS threads
-    # spinning between them slowed the whole run 2.4x (measured, reasons on). Tree walks
-    # run in C without the GIL, one part of each chunk per usable core.
-    with threadpool_limits(limits=1, user_api="blas"), walk_threads(len(os.sched_getaffinity(0))), \
+    # spinning between them slowed the whole run 2.4x (measured, reasons on). The cores
+    # are used by scoring chunks in parallel instead (see _score_blocks).
+    with threadpool_limits(limits=1, user_api="blas"), \
             open(in_csv, "rb") as src, open(out_csv, "wb") as out, \
             _ErrorLog(errors_path) as errors, \
             tqdm(total=size, unit="B", unit_scale=True, desc="scoring", file=sys.stderr,
@@ -93,7 +94,8 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
         rows = scored = 0
         line = 1 + header_line.count(b"\n")
         bar.update(len(header_line))
-        for block, result in _score_blocks(chunker, _blocks(src, chunksize)):
+        for block, result in _score_blocks(chunker, _blocks(src, chunksize),
+                                           ahead=len(os.sched_getaffinity(0))):
             out.write(result.output)
             errors.write([chunker.error_line(rows + i + 1, line + rel_line - 1, problem, record)
                           for i, rel_line, problem, record in result.errors])
@@ -108,16 +110,30 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
             "output": str(out_csv), "errors": str(errors_path) if errors.count else None}
 
 
-def _score_blocks(chunker: "_Chunker",
-                  blocks: Iterator[bytes]) -> Iterator[tuple[bytes, "_BlockResult"]]:
-    """(block, result) in input order.
+def _score_blocks(chunker: "_Chunker", blocks: Iterator[bytes],
+                  ahead: int) -> Iterator[tuple[bytes, "_BlockResult"]]:
+    """(block, result) in input order, the model work of ``ahead`` blocks at a time
+    overlapped with the reading of the next.
 
-    One process on purpose: forked workers measured no faster on the 2-vCPU nodes this
-    runs on, and a fork after sklearn has started its OpenMP pool (large tree batches
-    do) can deadlock the child.
+    This thread tokenises and converts a block (the column caches are not shared), then
+    hands the rest (the model, the output bytes) to one of ``ahead`` workers while it
+    reads the next: the C tree walk and numpy's large operations release the GIL, so
+    they run on all the cores (on 2 cores, one worker per core measured 1.4x the rows/s
+    of one thread doing everything, and 1.1x one worker whose tree walks are split in
+    two). Threads, not processes: forked workers measured no faster on the 2-vCPU nodes
+    this runs on, and a fork after sklearn has started its OpenMP pool (large tree
+    batches do) can deadlock the child.
     """
-    for block in blocks:
-        yield block, chunker.score_block(block)
+    with ThreadPoolExecutor(ahead, thread_name_prefix="score") as pool:
+        pending: deque[tuple[bytes, Future]] = deque()
+        for block in blocks:
+            pending.append((block, pool.submit(*chunker.prepare(block))))
+            if len(pending) > ahead:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 # --------------------------------------------------------------------------- reading
@@ -160,6 +176,11 @@ class _BlockResult:
     rows: int
     scored: int
     lines: int
+
+
+def _done(result: _BlockResult) -> _BlockResult:
+    """A chunk that :meth:`_Chunker.prepare` scored completely (the slow path)."""
+    return result
 
 
 def _count(data: bytes, byte: int, stop: int | None = None) -> int:
@@ -218,19 +239,31 @@ class _Chunker:
         Errors come back as (record index in the chunk, line in the chunk (1-based),
         problem, the record's text) so the caller can number them in the file.
         """
+        finish, *args = self.prepare(block)
+        return finish(*args)
+
+    def prepare(self, block: bytes) -> tuple[Any, ...]:
+        """Read and convert a chunk; returns ``(function, *args)``, whose call gives the
+        chunk's :class:`_BlockResult` and may run on another thread (it does not touch
+        the column caches)."""
         fields = _tokenize(block, len(self.header))
         converted = self._convert_fast(fields) if fields is not None else None
         if converted is None:
-            return self._score_slow(block)
+            return _done, self._score_slow(block)
         raw, problems = converted
         bad = np.flatnonzero(problems.any(axis=1)) if problems.size else np.zeros(0, int)
         errors = [(int(i), fields.line_of(int(i)), self._problem_text(problems[i]),
                    fields.record(int(i))) for i in bad]
         good = np.ones(fields.n, dtype=bool)
         good[bad] = False
-        scores = self.predictor.score_raw(raw[good], reasons=self.reasons)
+        return self._finish, fields, raw[good], good, errors
+
+    def _finish(self, fields: "_Fields", raw: np.ndarray, good: np.ndarray,
+                errors: list[tuple[int, int, str, str]]) -> "_BlockResult":
+        """The model's scores of a converted chunk's good rows, and the output bytes."""
+        scores = self.predictor.score_raw(raw, reasons=self.reasons)
         output = fields.with_suffixes(good, self._suffixes(scores))
-        return _BlockResult(output, errors, fields.n, int(good.sum()), fields.lines)
+        return _BlockResult(output, errors, fields.n, len(raw), fields.lines)
 
     def _score_slow(self, block: bytes) -> "_BlockResult":
         """The same for a chunk the fast tokenizer refused, via the ``csv`` module."""

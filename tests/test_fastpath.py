@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -395,25 +399,70 @@ def test_native_and_numpy_tree_walks_give_the_same_bits(models, full, blanked, f
 
 
 @pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
+@pytest.mark.parametrize("tree", [0, -1], ids=["a full block", "the last block"])
 @pytest.mark.parametrize("damage", ["child", "feature", "root", "short path", "sizes"])
-def test_native_walk_refuses_damaged_nodes_instead_of_reading_past_them(models, full, damage):
+def test_native_walk_refuses_damaged_nodes_instead_of_reading_past_them(models, damage, tree):
+    """Trees are walked in blocks (full ones by a specialised copy of the loop): damage in
+    the first tree or the last is caught alike."""
     _, member = _member(models, "random_forest")
     nodes, values, roots, depths, wide = member.estimator.bank.native
+    assert len(roots) % 16, "the last block must be a partial one"
     nodes, roots, depths = nodes.copy(), roots.copy(), depths.copy()
     x = np.zeros((2, member.encoder.n_out), dtype=np.float32)
     out = np.empty(2)
     if damage == "child":
-        nodes["left"][roots[0]] = nodes["right"][roots[0]] = len(nodes) + 7
+        nodes["left"][roots[tree]] = nodes["right"][roots[tree]] = len(nodes) + 7
     elif damage == "feature":
-        nodes["feature"][roots[0]] = x.shape[1]
+        nodes["feature"][roots[tree]] = x.shape[1]
     elif damage == "root":
-        roots[-1] = -2
-    elif damage == "short path":  # the walk would stop on an inner node
+        roots[tree] = -2
+    elif damage == "short path":  # the walk would stop on inner nodes
         depths[:] = 0
     else:
         out = np.empty(3)
     with pytest.raises(ValueError):
         fastpath._treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
+
+
+@pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
+def test_a_requests_walk_keeps_the_gil_and_a_batchs_releases_it(models, full):
+    """Below KEEP_GIL (row, tree) pairs no other thread (the API's store writer) can run in
+    the middle of the walk; both sides of the threshold add the same leaves."""
+    fast, member = _member(models, "random_forest")
+    bank = member.estimator.bank
+    z = member.encoder.encode(fast.raw_from_frame(full[0]))
+    small = fastpath._treewalk.KEEP_GIL // bank.n_trees
+    assert small * bank.n_trees < fastpath._treewalk.KEEP_GIL <= (small + 1) * bank.n_trees
+    expected = bank.leaf_values(z).sum(axis=0)
+    for rows in (1, small, small + 1):
+        assert np.array_equal(bank.sums(z[:rows]), expected[:rows])
+    nodes, values, roots, depths, wide = bank.native
+    x = np.ascontiguousarray(z[:small], dtype=np.float32)
+    out = np.empty(small)
+    steps: list[None] = []
+    started, stop = threading.Event(), threading.Event()
+
+    def waiter() -> None:  # wants the GIL back as soon as it gives it up
+        started.set()
+        while not stop.is_set():
+            steps.append(None)
+            time.sleep(0)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60)  # the main thread then keeps the GIL unless it releases it
+    thread = threading.Thread(target=waiter)
+    try:
+        thread.start()
+        started.wait()
+        before = len(steps)
+        for _ in range(200):
+            fastpath._treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out,
+                                          wide)
+        assert len(steps) == before
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
 
 
 def test_the_native_walk_is_built_where_ci_runs():
@@ -423,18 +472,16 @@ def test_the_native_walk_is_built_where_ci_runs():
     assert fastpath._treewalk is not None
 
 
-@pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
 @pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting"])
-def test_a_batch_walked_on_several_threads_gives_the_same_bits(models, full, family):
+def test_batches_walked_on_several_threads_at_once_give_the_same_bits(models, full, family):
+    """The batch scorer's workers walk their chunks concurrently (without the GIL)."""
     fast, member = _member(models, family)
     z = member.encoder.encode(fast.raw_from_frame(full[0]))
-    z = np.concatenate([z] * (2 * fastpath.THREAD_ROWS // len(z) + 2))
+    z = np.concatenate([z] * 4)
     alone = member.estimator.bank.sums(z)
-    with fastpath.walk_threads(3):
-        assert fastpath._walkers is not None
-        threaded = member.estimator.bank.sums(z)
-    assert fastpath._walkers is None
-    assert np.array_equal(threaded, alone)
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(member.estimator.bank.sums, np.array_split(z, 8)))
+    assert np.array_equal(np.concatenate(parts), alone)
 
 
 def test_a_blends_members_share_one_encoding_and_calibrated_folds_do_not(blends, spec, full):
