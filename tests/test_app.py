@@ -3,7 +3,9 @@ functions and the prediction hook."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import time
 
 import pytest
 
@@ -239,3 +241,13 @@ def test_prediction_made_signal_reaches_receivers(client, app, example):
     assert kwargs["results"] == response.get_json()["predictions"]
     assert kwargs["batch"] is True
     assert kwargs["model_version"] == response.get_json()["model"]["version"]
+
+
+def test_generated_request_ids_are_unique_time_ordered_hex():
+    from app.logs import new_request_id
+
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert [i[:12] for i in ids] == sorted(i[:12] for i in ids)  # millisecond prefix
+    assert abs(int(ids[-1][:12], 16) / 1000 - time.time()) < 60
