@@ -60,13 +60,14 @@ class PredictLane:
             return self.fallback(environ, start_response)
         predictor, reasons, length = taken
         config = self.app.config
-        body = environ["wsgi.input"].read(length)
+        body = b""
         try:
+            body = environ["wsgi.input"].read(length)
             if len(body) != length:  # the client sent less than it declared
                 raise APIError(400, "short body")
             records, results, batch = services.score_body(
                 predictor, body, reasons, config["MAX_BATCH"], config["MAX_REASONS"])
-        except Exception:  # noqa: BLE001 - Flask answers it (APIError or a bug) as always
+        except Exception:  # noqa: BLE001 - Flask answers it (a bad body, a lost client, a bug)
             environ["wsgi.input"] = io.BytesIO(body)
             return self.fallback(environ, start_response)
         request_id = logs.sane_request_id(environ.get("HTTP_X_REQUEST_ID"))

@@ -181,6 +181,18 @@ def test_a_body_shorter_than_declared_goes_to_flask(app, flask_app, taken):
     assert taken == ["/predict"]
 
 
+class _Gone(io.BytesIO):
+    def read(self, *args):
+        raise OSError("the client went away")
+
+
+def test_a_client_gone_mid_body_goes_to_flask(app, taken):
+    environ = _environ("POST", "/predict", "application/json", _json_body(_example(app)))
+    environ["wsgi.input"] = _Gone()
+    assert _call(app, environ)[0] == 400
+    assert taken == ["/predict"]
+
+
 @pytest.mark.parametrize("where", ["score_body", "response_body"])
 def test_a_bug_answers_the_same_json_500(where, app, flask_app, monkeypatch, capsys):
     def broken(*args, **kwargs):
