@@ -13,6 +13,8 @@ machine does not decide a figure):
      ``app/fastlane.py`` buys; not a target)
   e. POST /predict?reasons=false, a batch of 1,000 applicants (server time from the
      ``Server-Timing`` header over sequential requests)
+  f. b. and a. with one connection: latency without queueing behind other requests
+     (with 8 connections on 2 sync workers, p99 is mostly time spent waiting in line)
 
 and reports req/s, ratios to the ceiling, p50/p99 latency, seconds from start to
 ``/ready`` 200, and the PSS of master + workers (``/proc/<pid>/smaps_rollup``).
@@ -136,13 +138,13 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
 
 
 def wrk(port: int, path: str, body: bytes, duration: int, workdir: Path,
-        connections: int = 8) -> dict[str, float]:
+        connections: int = 8, threads: int = 2) -> dict[str, float]:
     """Drive ``POST path`` with wrk; requests/s, p50 and p99 latency in ms, error count."""
     script = workdir / "post.lua"
     script.write_text("wrk.method = \"POST\"\n"
                       "wrk.headers[\"Content-Type\"] = \"application/json\"\n"
                       f"wrk.body = {json.dumps(body.decode())}\n")
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency",
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
                           "-s", str(script), f"http://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, check=True).stdout
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -228,6 +230,10 @@ def run_all(model_dir: Path, workdir: Path, duration: int, rounds: int) -> dict:
         for _ in range(rounds):
             for name, (port, path) in scenarios.items():
                 runs[name].append(wrk(port, path, single, duration, workdir))
+        for name, port in (("ceiling_1c", ceiling.port), ("predict_1c", api.port)):
+            path = scenarios[name[:-3]][1]
+            measured[name] = wrk(port, path, single, duration, workdir, connections=1,
+                                 threads=1)
         measured["batch"] = batch_times(api.port, batch)
         measured["pss_mb"] = api.pss_mb()
         measured["ceiling_pss_mb"] = ceiling.pss_mb()
@@ -275,6 +281,7 @@ def build_report(m: dict, card: dict, args: argparse.Namespace, load: tuple) -> 
         "predict_flask_only": {**m["predict_flask_only"], "ratio_to_ceiling":
                                m["predict_flask_only"]["requests_per_s"] / top},
         "batch_1000": m["batch"],
+        "one_connection": {"ceiling": m["ceiling_1c"], "predict": m["predict_1c"]},
         **{k: m[k] for k in ("ready_s", "ceiling_ready_s", "pss_mb", "pss_mb_idle",
                              "ceiling_pss_mb")},
     }
@@ -319,7 +326,11 @@ def print_table(report: dict) -> None:
     for row in rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                         for i, (c, w) in enumerate(zip(row, widths))))
-    print(f"\nready after start: {f['ready_s']:.2f} s (ceiling app {f['ceiling_ready_s']:.2f} s)")
+    one = f["one_connection"]
+    print("\none connection, no queueing: " + ", ".join(
+        f"{label} p50 {one[key]['p50_ms']:.2f} ms, p99 {one[key]['p99_ms']:.2f} ms"
+        for key, label in (("ceiling", "a."), ("predict", "b."))))
+    print(f"ready after start: {f['ready_s']:.2f} s (ceiling app {f['ceiling_ready_s']:.2f} s)")
     print(f"PSS master + 2 workers: {f['pss_mb']:.0f} MB after load "
           f"({f['pss_mb_idle']:.0f} MB idle; ceiling app {f['ceiling_pss_mb']:.0f} MB)")
     machine = report["machine"]
