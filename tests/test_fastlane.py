@@ -42,13 +42,13 @@ def flask_app(trained_model_dir, tmp_path_factory):
 def taken(app, monkeypatch):
     """Counts the requests the lane hands on to Flask."""
     lane = app.wsgi_app
+    to_flask = lane.fallback
     calls = []
 
     def fallback(environ, start_response):
         calls.append(environ["PATH_INFO"])
-        return lane.fallback_wsgi(environ, start_response)
+        return to_flask(environ, start_response)
 
-    monkeypatch.setattr(lane, "fallback_wsgi", lane.fallback, raising=False)
     monkeypatch.setattr(lane, "fallback", fallback)
     return calls
 
@@ -61,45 +61,39 @@ def _json_body(value) -> bytes:
     return json.dumps(value).encode()
 
 
-# name -> function of the example applicant giving (method, path, content type, body,
-# whether the lane answers it itself)
+JSON = "application/json"
+
+
+def _post(body, path="/predict", content_type=JSON, lane=False):
+    """A request of the table: (method, path, content type, body, whether the lane
+    answers it itself)."""
+    return "POST", path, content_type, body, lane
+
+
+# name -> function of the example applicant giving the request
 CASES = {
-    "single": lambda ex: ("POST", "/predict", "application/json", _json_body(ex), True),
-    "no_reasons": lambda ex: ("POST", "/predict?reasons=false", "application/json",
-                              _json_body(ex), True),
-    "reasons_spelled_yes": lambda ex: ("POST", "/predict?reasons=YES", "application/json",
-                                       _json_body(ex), True),
-    "charset": lambda ex: ("POST", "/predict", "application/json; charset=utf-8",
-                           _json_body(ex), True),
-    "batch": lambda ex: ("POST", "/predict", "application/json",
-                         _json_body({"instances": [ex, ex]}), True),
-    "batch_too_big": lambda ex: ("POST", "/predict", "application/json",
-                                 _json_body({"instances": [ex] * 4}), False),
-    "empty_batch": lambda ex: ("POST", "/predict", "application/json",
-                               _json_body({"instances": []}), False),
-    "unknown_field": lambda ex: ("POST", "/predict", "application/json",
-                                 _json_body({**ex, "favourite_colour": "red"}), False),
-    "missing_field": lambda ex: ("POST", "/predict", "application/json",
-                                 _json_body({k: v for k, v in list(ex.items())[1:]}), False),
-    "nan": lambda ex: ("POST", "/predict", "application/json",
-                       json.dumps({k: float("nan") for k in ex}).encode(), False),
-    "not_json": lambda ex: ("POST", "/predict", "application/json", b"{not json", False),
-    "array": lambda ex: ("POST", "/predict", "application/json", b"[1, 2]", False),
-    "empty_body": lambda ex: ("POST", "/predict", "application/json", b"", False),
-    "text_plain": lambda ex: ("POST", "/predict", "text/plain", _json_body(ex), False),
-    "too_large": lambda ex: ("POST", "/predict", "application/json",
-                             b'{"x": "' + b"a" * 70_000 + b'"}', False),
-    "reasons_unclear": lambda ex: ("POST", "/predict?reasons=maybe", "application/json",
-                                   _json_body(ex), False),
-    "reasons_empty": lambda ex: ("POST", "/predict?reasons=", "application/json",
-                                 _json_body(ex), False),
-    "other_query": lambda ex: ("POST", "/predict?reasons=false&debug=1", "application/json",
-                               _json_body(ex), False),
-    "encoded_query": lambda ex: ("POST", "/predict?reasons=%66alse", "application/json",
-                                 _json_body(ex), False),
+    "single": lambda ex: _post(_json_body(ex), lane=True),
+    "no_reasons": lambda ex: _post(_json_body(ex), "/predict?reasons=false", lane=True),
+    "reasons_spelled_yes": lambda ex: _post(_json_body(ex), "/predict?reasons=YES", lane=True),
+    "charset": lambda ex: _post(_json_body(ex), content_type=JSON + "; charset=utf-8",
+                                lane=True),
+    "batch": lambda ex: _post(_json_body({"instances": [ex, ex]}), lane=True),
+    "batch_too_big": lambda ex: _post(_json_body({"instances": [ex] * 4})),
+    "empty_batch": lambda ex: _post(_json_body({"instances": []})),
+    "unknown_field": lambda ex: _post(_json_body({**ex, "favourite_colour": "red"})),
+    "missing_field": lambda ex: _post(_json_body({k: v for k, v in list(ex.items())[1:]})),
+    "nan": lambda ex: _post(json.dumps({k: float("nan") for k in ex}).encode()),
+    "not_json": lambda ex: _post(b"{not json"),
+    "array": lambda ex: _post(b"[1, 2]"),
+    "empty_body": lambda ex: _post(b""),
+    "text_plain": lambda ex: _post(_json_body(ex), content_type="text/plain"),
+    "too_large": lambda ex: _post(b'{"x": "' + b"a" * 70_000 + b'"}'),
+    "reasons_unclear": lambda ex: _post(_json_body(ex), "/predict?reasons=maybe"),
+    "reasons_empty": lambda ex: _post(_json_body(ex), "/predict?reasons="),
+    "other_query": lambda ex: _post(_json_body(ex), "/predict?reasons=false&debug=1"),
+    "encoded_query": lambda ex: _post(_json_body(ex), "/predict?reasons=%66alse"),
     "get": lambda ex: ("GET", "/predict", None, None, False),
-    "trailing_slash": lambda ex: ("POST", "/predict/", "application/json", _json_body(ex),
-                                  False),
+    "trailing_slash": lambda ex: _post(_json_body(ex), "/predict/"),
 }
 
 
@@ -124,11 +118,15 @@ def _metric(name, **labels):
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def _request_counts(method):
+    return [_metric("credit_api_requests_total", endpoint=e, method=method, status=s)
+            for e in ("/predict", "<unmatched>") for s in ("200", "400")]
+
+
 def _observed(app, environ, capsys):
     """Everything a request leaves behind: answer, log line, metric deltas, stored rows."""
     capsys.readouterr()
-    before = [_metric("credit_api_requests_total", endpoint=e, method=environ["REQUEST_METHOD"],
-                      status=s) for e in ("/predict", "<unmatched>") for s in ("200", "400")]
+    before = _request_counts(environ["REQUEST_METHOD"])
     decisions = [_metric("credit_api_decisions_total", decision=d)
                  for d in ("approve", "decline")]
     pd_count = _metric("credit_api_probability_of_default_count")
@@ -136,8 +134,7 @@ def _observed(app, environ, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
              if line.startswith("{")]
     [line] = [r for r in lines if r.get("message") == "request"]
-    after = [_metric("credit_api_requests_total", endpoint=e, method=environ["REQUEST_METHOD"],
-                     status=s) for e in ("/predict", "<unmatched>") for s in ("200", "400")]
+    after = _request_counts(environ["REQUEST_METHOD"])
     timing = headers.pop("Server-Timing")
     assert re.fullmatch(r"app;dur=\d+\.\d{3}", timing)
     for key in ("timestamp", "latency_ms"):
@@ -174,7 +171,7 @@ def test_a_body_shorter_than_declared_goes_to_flask(app, flask_app, taken):
     body = _json_body(_example(app))
     answers = []
     for target in (app, flask_app):
-        environ = _environ("POST", "/predict", "application/json", body)
+        environ = _environ("POST", "/predict", JSON, body)
         environ["wsgi.input"] = io.BytesIO(body[:-5])
         answers.append(_call(target, environ)[::2])
     assert answers[0] == answers[1] and answers[0][0] == 400
@@ -187,7 +184,7 @@ class _Gone(io.BytesIO):
 
 
 def test_a_client_gone_mid_body_goes_to_flask(app, taken):
-    environ = _environ("POST", "/predict", "application/json", _json_body(_example(app)))
+    environ = _environ("POST", "/predict", JSON, _json_body(_example(app)))
     environ["wsgi.input"] = _Gone()
     assert _call(app, environ)[0] == 400
     assert taken == ["/predict"]
@@ -203,7 +200,7 @@ def test_a_bug_answers_the_same_json_500(where, app, flask_app, monkeypatch, cap
     answers = []
     for target in (app, flask_app):
         capsys.readouterr()
-        status, headers, body = _call(target, _environ("POST", "/predict", "application/json",
+        status, headers, body = _call(target, _environ("POST", "/predict", JSON,
                                                        example))
         out = capsys.readouterr().out
         [line] = [json.loads(x) for x in out.splitlines() if '"message":"request"' in x]
@@ -218,6 +215,6 @@ def test_no_body_limit_means_no_limit(trained_model_dir, tmp_path):
     app = create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True,
                       "MAX_CONTENT_LENGTH": None,
                       "DATABASE_URL": f"sqlite:///{tmp_path}/predictions.db"})
-    status, _, body = _call(app, _environ("POST", "/predict", "application/json",
+    status, _, body = _call(app, _environ("POST", "/predict", JSON,
                                           _json_body(_example(app))))
     assert status == 200 and "probability_of_default" in json.loads(body)
