@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # Over-long bodies up to this size are read and dropped before the 413 is sent.
 DRAIN_LIMIT = 16 * 1024 * 1024
+# What a bug answers (no traceback, no detail): Flask's handler and app.fastlane alike.
+UNEXPECTED = "The server could not process the request."
 
 
 class APIError(Exception):
@@ -90,7 +92,7 @@ def _discard_body(most: int = DRAIN_LIMIT) -> None:
 def handle_unexpected(exc: Exception) -> Response:
     """A bug: log it with its traceback, answer a plain 500 without one."""
     log.exception("unhandled error")
-    return error_response(500, "The server could not process the request.")
+    return error_response(500, UNEXPECTED)
 
 
 def init_app(app: Flask) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 from flask import Flask
 
 from app import logs, metrics, services
-from app.errors import APIError, error_body
+from app.errors import UNEXPECTED, APIError, error_body
 from app.model import EXTENSION
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,7 @@ class PredictLane:
         except Exception:  # noqa: BLE001 - a bug after scoring: a JSON 500, as app.errors does
             log.exception("unhandled error")
             fields, status = {}, 500
-            data = services.to_json(error_body(500, "The server could not process the "
-                                                    "request.")).encode()
+            data = services.to_json(error_body(500, UNEXPECTED)).encode()
         elapsed = time.perf_counter() - started
         metrics.observe_request(ENDPOINT, METHOD, status, elapsed)
         logs.log_request(request_id, METHOD, ENDPOINT, status, elapsed * 1000.0,
