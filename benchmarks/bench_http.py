@@ -230,10 +230,10 @@ def run_all(model_dir: Path, workdir: Path, duration: int, rounds: int) -> dict:
         for _ in range(rounds):
             for name, (port, path) in scenarios.items():
                 runs[name].append(wrk(port, path, single, duration, workdir))
-        for name, port in (("ceiling_1c", ceiling.port), ("predict_1c", api.port)):
-            path = scenarios[name[:-3]][1]
-            measured[name] = wrk(port, path, single, duration, workdir, connections=1,
-                                 threads=1)
+        for name in ("ceiling", "predict"):
+            port, path = scenarios[name]
+            measured[f"{name}_1c"] = wrk(port, path, single, duration, workdir,
+                                         connections=1, threads=1)
         measured["batch"] = batch_times(api.port, batch)
         measured["pss_mb"] = api.pss_mb()
         measured["ceiling_pss_mb"] = ceiling.pss_mb()
