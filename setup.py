@@ -1,9 +1,11 @@
-"""Build hook for the one native module, ``ml._treewalk`` (metadata is in setup.cfg).
+"""Build hook for the two native modules (metadata is in setup.cfg).
 
-The extension is optional: without a C compiler the install still succeeds and
-:mod:`ml.fastpath` walks trees in numpy instead (same results, slower).
+``ml._treewalk`` walks trees for :mod:`ml.fastpath`; ``ml._csvbytes`` does the CSV
+byte work of :mod:`ml.score`. Both are optional: without a C compiler the install still
+succeeds and numpy does their work instead (same results, slower).
 """
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("ml._treewalk", ["ml/_treewalk.c"], optional=True,
-                             extra_compile_args=["-O3"])])
+setup(ext_modules=[Extension(f"ml.{name}", [f"ml/{name}.c"], optional=True,
+                             extra_compile_args=["-O3"])
+                   for name in ("_treewalk", "_csvbytes")])

@@ -33,6 +33,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
@@ -44,6 +45,11 @@ from tqdm import tqdm
 from ml.data import MISSING_TOKENS, convert_column
 from ml.predictor import OUTPUT_COLUMNS, Predictor, Scores
 from ml.schema import CATEGORICAL, Feature
+
+try:  # the C byte work (ml/_csvbytes.c), built by `pip install`; optional
+    from ml import _csvbytes
+except ImportError:  # pragma: no cover - the tests run the numpy versions by hiding it
+    _csvbytes = None
 
 PD_DECIMALS = 12
 # Chunks are cut near this size whatever the chunksize: numpy then works on data that
@@ -310,13 +316,21 @@ class _Chunker:
     def _convert_fast(self, fields: "_Fields") -> tuple[np.ndarray, np.ndarray] | None:
         """Raw matrix and problem codes of a tokenised chunk; ``None`` on a hash collision.
 
-        Columns are grouped in batches of similar width (cells of up to 8, 32 and more
-        bytes), so short columns are not hashed as many words as the longest one.
+        With the C module, each column's cells are looked up in C. Without it, cells are
+        grouped by hashing in numpy; columns are then grouped in batches of similar width
+        (cells of up to 8, 32 and more bytes), so short columns are not hashed as many
+        words as the longest one.
         """
         n = fields.n
-        raw = np.empty((n, len(self.features)))
-        problems = np.empty((n, len(self.features)), dtype=np.int8)
+        # Column-major: each feature's values are written contiguously.
+        raw = np.empty((len(self.features), n)).T
+        problems = np.empty((len(self.features), n), dtype=np.int8).T
         if n == 0:
+            return raw, problems
+        if _csvbytes is not None:
+            for f, (cache, j) in enumerate(zip(self.caches, self.positions)):
+                raw[:, f], problems[:, f] = cache.lookup_rows(
+                    fields.block, fields.column_starts[j], fields.column_lengths[j])
             return raw, problems
         words = (fields.column_lengths[self.positions].max(axis=1) + 7) // 8
         for batch in (words <= 1, (words > 1) & (words <= 4), words > 4):
@@ -425,39 +439,65 @@ class _Tails:
 
 
 class _Fields:
-    """Field boundaries of a chunk of well-formed CSV records (all bytes, no strings)."""
+    """Field boundaries of a chunk of well-formed CSV records (all bytes, no strings).
 
-    def __init__(self, block: bytes, starts: np.ndarray, ends: np.ndarray, line_end: np.ndarray,
-                 lines: int):
+    ``starts[j, i]`` and ``ends[j, i]`` (end exclusive, before any ``\\r``) bound field
+    ``j`` of record ``i``: column-major, so that each column's cells are contiguous for
+    the per-column work; ``line_end[i]`` is one past record ``i``'s newline.
+    """
+
+    def __init__(self, block: bytes, starts: np.ndarray, ends: np.ndarray,
+                 line_end: np.ndarray, lines: int):
         self.block = block
         self.lines = lines  # newline bytes, quoted ones included
-        self.starts, self.ends = starts, ends  # (n, ncols), end exclusive
-        self.n = starts.shape[0]
-        # Column-major copies: each column's positions contiguous for the per-column work.
-        self.column_starts = np.ascontiguousarray(starts.T)
-        self.column_lengths = np.ascontiguousarray((ends - starts).T)
-        self.line_end = line_end  # one past each record's newline
-        self.rows = np.arange(self.n, dtype=np.intp)
-        longest = int((ends - starts).max()) if self.n else 0
-        padded = np.frombuffer(block + b"\0" * (longest + 16), dtype=np.uint8)
-        # words[i] = the 8 bytes from offset i (an overlapping, unaligned view); the
-        # padding lets a field's last word run past the block without bounds checks.
-        self.words = np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded,
-                                strides=(1,))
+        self.column_starts = starts
+        self.column_lengths = ends - starts
+        self.ends = ends
+        self.line_end = line_end
+        self.n = starts.shape[1]
+
+    @cached_property
+    def words(self) -> np.ndarray:
+        """``words[i]``: the 8 bytes from offset ``i``, for :func:`_group_cells`.
+
+        An overlapping, unaligned view of the block plus padding, so that a field's last
+        word can run past the block without bounds checks.
+        """
+        longest = int(self.column_lengths.max()) if self.n else 0
+        padded = np.frombuffer(self.block + b"\0" * (longest + 16), dtype=np.uint8)
+        return np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
 
     def record(self, i: int) -> str:
-        return self.block[self.starts[i, 0]:self.ends[i, -1]].decode("utf-8", "replace")
+        return self.block[self.column_starts[0, i]:self.ends[-1, i]].decode("utf-8", "replace")
 
     def line_of(self, i: int) -> int:
         """1-based line of record ``i`` within the chunk (quoted newlines count)."""
-        return _count(self.block, _NEWLINE, int(self.starts[i, 0])) + 1
+        return _count(self.block, _NEWLINE, int(self.column_starts[0, i])) + 1
 
     def with_suffixes(self, keep: np.ndarray,
                       suffix: tuple[np.ndarray, np.ndarray, list[bytes]]) -> bytes:
         """The kept records, each with its suffix inserted before its line end."""
         digits, tail, table = suffix
+        table_len = np.array([len(t) for t in table], dtype=np.int64)
+        table_start = np.cumsum(table_len) - table_len
+        at = self.ends[-1]  # end of the last field: before "\r\n" or "\n"
+        if _csvbytes is None:
+            return self._with_suffixes(keep, digits, tail, b"".join(table), table_start,
+                                       table_len, at)
+        record_len = np.diff(self.line_end, prepend=0)
+        size = (int(record_len[keep].sum()) + digits.size
+                + int(table_len[tail].sum() if len(tail) else 0))
+        out = bytearray(size)
+        _csvbytes.splice(self.block, self.line_end, at, keep.view(np.uint8), digits,
+                         digits.shape[1], tail.astype(np.int64, copy=False),
+                         b"".join(table), table_start, table_len, out)
+        return bytes(out)
+
+    def _with_suffixes(self, keep: np.ndarray, digits: np.ndarray, tail: np.ndarray,
+                       table_bytes: bytes, table_start: np.ndarray, table_len: np.ndarray,
+                       at: np.ndarray) -> bytes:
+        """:meth:`with_suffixes` in numpy (without the C module)."""
         data = np.frombuffer(self.block, dtype=np.uint8)
-        at = self.ends[:, -1]  # end of the last field: before "\r\n" or "\n"
         if not keep.all():
             # Drop the bad records' bytes, newline included, and move the insertion
             # points back by the bytes dropped before them.
@@ -470,13 +510,11 @@ class _Fields:
             data = data[mask]
             at = at[keep] - dropped_before[at[keep]]
         n, width = digits.shape
-        table_bytes = np.frombuffer(b"".join(table) or b"\0", dtype=np.uint8)
-        table_len = np.array([len(t) for t in table], dtype=np.int64)
-        table_start = np.concatenate([[0], np.cumsum(table_len)[:-1]])
         # Each row's suffix is its PD bytes then its tail: two segments of one source.
-        source = np.concatenate([digits.reshape(-1), table_bytes])
+        source = np.concatenate([digits.reshape(-1),
+                                 np.frombuffer(table_bytes or b"\0", dtype=np.uint8)])
         seg_start = np.empty(2 * n, dtype=np.int64)
-        seg_start[0::2] = self.rows[:n] * width
+        seg_start[0::2] = np.arange(n) * width
         seg_start[1::2] = digits.size + table_start[tail]
         seg_len = np.empty(2 * n, dtype=np.int64)
         seg_len[0::2] = width
@@ -505,10 +543,22 @@ def _tokenize(block: bytes, ncols: int) -> _Fields | None:
     """Field boundaries of every record, or ``None`` if the chunk is not plainly regular."""
     if not ncols:
         return None
+    lines = block.count(b"\n")
+    if _csvbytes is None:
+        return _tokenize_numpy(block, ncols, lines)
+    starts = np.empty((ncols, lines), dtype=np.int64)
+    ends = np.empty((ncols, lines), dtype=np.int64)
+    line_end = np.empty(lines, dtype=np.int64)
+    n = _csvbytes.split(block, ncols, starts, ends, line_end)
+    if n < 0:
+        return None
+    return _Fields(block, starts[:, :n], ends[:, :n], line_end[:n], lines)
+
+
+def _tokenize_numpy(block: bytes, ncols: int, lines: int) -> _Fields | None:
+    """:func:`_tokenize` in numpy (without the C module)."""
     data = np.frombuffer(block, dtype=np.uint8)
-    newline = data == _NEWLINE
-    lines = int(np.count_nonzero(newline))
-    at = np.flatnonzero((data == _COMMA) | newline)
+    at = np.flatnonzero((data == _COMMA) | (data == _NEWLINE))
     if b'"' in block:
         # Commas and newlines between an opening and its closing quote are data. Quote
         # characters pair up in order ("" escapes pair with each other), so the
@@ -520,18 +570,17 @@ def _tokenize(block: bytes, ncols: int) -> _Fields | None:
         inside = (np.bincount(first_after[0::2], minlength=len(at) + 1)
                   - np.bincount(first_after[1::2], minlength=len(at) + 1))
         at = at[np.cumsum(inside[:-1]) == 0]
-    if len(at) == 0 or len(at) % ncols:
+    if len(at) == 0 or len(at) % ncols or at[-1] != len(block) - 1:
         return None
     kind = (data[at] == _NEWLINE).reshape(-1, ncols)
     if not kind[:, -1].all() or kind[:, :-1].any():
         return None  # ragged rows or blank lines: let the csv module sort them out
-    ends = at.reshape(-1, ncols).copy()
-    starts = np.empty_like(ends)
-    starts.reshape(-1)[0] = 0
-    starts.reshape(-1)[1:] = at[:-1] + 1
-    line_end = ends[:, -1] + 1
+    flat_starts = np.concatenate([[0], at[:-1] + 1])
+    starts = np.ascontiguousarray(flat_starts.reshape(-1, ncols).T, dtype=np.int64)
+    ends = np.ascontiguousarray(at.reshape(-1, ncols).T, dtype=np.int64)
+    line_end = ends[-1] + 1
     if b"\r" in block:
-        ends[:, -1] -= data[np.maximum(ends[:, -1] - 1, 0)] == _CR
+        ends[-1] -= data[np.maximum(ends[-1] - 1, 0)] == _CR
     return _Fields(block, starts, ends, line_end, lines)
 
 
@@ -587,7 +636,9 @@ class _ColumnCache:
 
     A dict from the cell's exact bytes to its raw value and problem code, so
     ``convert_column`` runs once per distinct cell per file, not once per chunk. At
-    most ``LIMIT`` cells are kept; new cells after that are converted per chunk.
+    most ``LIMIT`` cells are kept; new cells after that are converted per chunk. With
+    the C module built, a :class:`_CellIndex` mirrors the dict's keys so that every row
+    of a chunk is looked up in C (:meth:`lookup_rows`).
     """
 
     LIMIT = 100_000
@@ -598,26 +649,56 @@ class _ColumnCache:
         self.slots: dict[bytes, int] = {}
         self.values = np.zeros(0)
         self.problems = np.zeros(0, dtype=np.int8)
+        self.index = _CellIndex() if _csvbytes is not None else None
 
     def lookup(self, block: bytes, starts: np.ndarray,
                stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw values and problem codes of the cells ``block[start:stop]`` (distinct)."""
-        cells = [block[a:b] for a, b in zip(starts.tolist(), stops.tolist())]
+        """Raw values and problem codes of the cells ``block[start:stop]``."""
+        return self._resolve([block[a:b] for a, b in zip(starts.tolist(), stops.tolist())])
+
+    def lookup_rows(self, block: bytes, starts: np.ndarray,
+                    lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The same for every row of a column (needs the C module): the cached cells are
+        found in C, only the others go through :meth:`_resolve`."""
+        assert self.index is not None
+        slots = self.index.find(block, starts, lengths)
+        miss = np.flatnonzero(slots < 0)
+        if not len(miss):
+            return self.values[slots], self.problems[slots]
+        cells = [block[a:a + b] for a, b in zip(starts[miss].tolist(), lengths[miss].tolist())]
+        miss_values, miss_problems = self._resolve(cells)  # caches them unless full
+        if len(self.values):
+            known = np.maximum(slots, 0)
+            values, problems = self.values[known], self.problems[known]
+        else:
+            values, problems = np.zeros(len(slots)), np.zeros(len(slots), dtype=np.int8)
+        values[miss], problems[miss] = miss_values, miss_problems
+        return values, problems
+
+    def _resolve(self, cells: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw values and problem codes of some cells, converting and caching new ones."""
         slots = [self.slots.get(c, -1) for c in cells]
-        if -1 in slots:
-            new = [i for i, slot in enumerate(slots) if slot < 0]
-            texts = [_unquote(cells[i].decode("utf-8", "replace")) for i in new]
-            values, problems = _convert_texts(self.predictor, self.feature, texts)
-            if len(self.slots) + len(new) > self.LIMIT:  # full: answer without keeping
-                known = np.maximum(np.array(slots, dtype=np.intp), 0)
-                cell_values, cell_problems = self.values[known], self.problems[known]
-                cell_values[new], cell_problems[new] = values, problems
-                return cell_values, cell_problems
-            for i, slot in zip(new, range(len(self.slots), len(self.slots) + len(new))):
-                self.slots[cells[i]] = slots[i] = slot
-            self.values = np.concatenate([self.values, values])
-            self.problems = np.concatenate([self.problems, problems])
-        slot_array = np.array(slots, dtype=np.intp)
+        if -1 not in slots:
+            slot_array = np.array(slots, dtype=np.intp)
+            return self.values[slot_array], self.problems[slot_array]
+        new = list(dict.fromkeys(c for c, slot in zip(cells, slots) if slot < 0))
+        texts = [_unquote(c.decode("utf-8", "replace")) for c in new]
+        values, problems = _convert_texts(self.predictor, self.feature, texts)
+        if len(self.slots) + len(new) > self.LIMIT:  # full: answer without keeping
+            fresh = {c: i for i, c in enumerate(new)}
+            at = np.array([fresh.get(c, -1) for c in cells], dtype=np.intp)
+            known = np.maximum(np.array(slots, dtype=np.intp), 0)
+            cell_values = np.where(at < 0, self.values[known] if len(self.values) else 0.0,
+                                   values[at])
+            cell_problems = np.where(at < 0, self.problems[known] if len(self.values) else 0,
+                                     problems[at]).astype(np.int8)
+            return cell_values, cell_problems
+        self.slots.update(zip(new, range(len(self.slots), len(self.slots) + len(new))))
+        self.values = np.concatenate([self.values, values])
+        self.problems = np.concatenate([self.problems, problems])
+        if self.index is not None:
+            self.index.add(new)
+        slot_array = np.array([self.slots[c] for c in cells], dtype=np.intp)
         return self.values[slot_array], self.problems[slot_array]
 
     def resolve_texts(self, texts: list[str]) -> _Column:
@@ -626,6 +707,43 @@ class _ColumnCache:
         values, problems = _convert_texts(self.predictor, self.feature,
                                           [str(u) for u in uniques])
         return _Column(codes.astype(np.intp, copy=False), values, problems)
+
+
+class _CellIndex:
+    """The keys of a :class:`_ColumnCache` as a hash table that ``ml/_csvbytes.c`` probes.
+
+    Key ``i`` (the cache's slot ``i``) is ``keys[start[i]:start[i] + length[i]]``; the
+    table holds key indices (-1: empty) and is kept at most half full.
+    """
+
+    def __init__(self) -> None:
+        self.keys = b""
+        self.start = np.zeros(0, dtype=np.int64)
+        self.length = np.zeros(0, dtype=np.int64)
+        self.table = np.full(64, -1, dtype=np.int64)
+
+    def add(self, cells: list[bytes]) -> None:
+        """Append cells (new keys, in slot order) and index them."""
+        first = len(self.start)
+        lengths = np.array([len(c) for c in cells], dtype=np.int64)
+        self.start = np.concatenate([self.start, len(self.keys) + np.cumsum(lengths) - lengths])
+        self.length = np.concatenate([self.length, lengths])
+        self.keys += b"".join(cells)
+        if 2 * len(self.start) > len(self.table):
+            size = len(self.table)
+            while 2 * len(self.start) > size:
+                size *= 4
+            self.table = np.full(size, -1, dtype=np.int64)
+            first = 0
+        _csvbytes.insert(self.keys, self.start, self.length, self.table, first)
+
+    def find(self, block: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The key index of each cell ``block[start:start + length]``, or -1."""
+        out = np.empty(len(starts), dtype=np.int64)
+        _csvbytes.lookup(block, np.ascontiguousarray(starts, dtype=np.int64),
+                         np.ascontiguousarray(lengths, dtype=np.int64), self.keys,
+                         self.start, self.length, self.table, out)
+        return out
 
 
 def _unquote(text: str) -> str:

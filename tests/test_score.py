@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from ml.data import load_dataset, read_raw
 from ml.pipeline import build_pipeline
 from ml.predictor import OUTPUT_COLUMNS, Predictor
 from ml.schema import CATEGORICAL
+from ml import score as score_module
 from ml.score import main, score_csv
 
 GRADES = [{"grade": "A", "max_pd": 0.05}, {"grade": "B", "max_pd": 0.10},
@@ -263,3 +265,94 @@ def test_cli_scores_and_says_so(model_dir, raw, tmp_path, capsys):
                  "--no-progress"])
     assert code == 1
     assert "1 rows rejected" in capsys.readouterr().out
+
+
+def write_mixed(raw: pd.DataFrame, path: Path, crlf: bool) -> None:
+    """Bad rows, a quoted field with a comma and a newline, maybe CRLF endings."""
+    rows = raw.head(300).copy()
+    rows.loc[[5, 77], "purpose"] = "spaceship"
+    rows.loc[[9], "age_in_years"] = "old"
+    rows.loc[[10], "credit_history"] = 'all "paid", duly\nback'  # unknown: rejected too
+    rows.to_csv(path, index=False, lineterminator="\r\n" if crlf else "\n")
+
+
+@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/_csvbytes.c is not built")
+@pytest.mark.parametrize("crlf", [False, True], ids=["LF", "CRLF"])
+@pytest.mark.parametrize("limit", [100_000, 3], ids=["cache", "cache full"])
+@pytest.mark.parametrize("chunksize", [50_000, 7])
+def test_the_c_and_numpy_byte_work_write_the_same_files(predictor, raw, tmp_path, monkeypatch,
+                                                        crlf, limit, chunksize):
+    """ml/_csvbytes.c (split, lookup, splice) against the numpy versions it replaces."""
+    write_mixed(raw, tmp_path / "in.csv", crlf)
+    monkeypatch.setattr(score_module._ColumnCache, "LIMIT", limit)
+    native = score(predictor, tmp_path / "in.csv", tmp_path / "c.csv", chunksize=chunksize)
+    monkeypatch.setattr(score_module, "_csvbytes", None)
+    numpy = score(predictor, tmp_path / "in.csv", tmp_path / "np.csv", chunksize=chunksize)
+    assert (native["rows"], native["rejected"]) == (numpy["rows"], numpy["rejected"]) == (300, 4)
+    assert (tmp_path / "c.csv").read_bytes() == (tmp_path / "np.csv").read_bytes()
+    assert Path(native["errors"]).read_bytes() == Path(numpy["errors"]).read_bytes()
+
+
+@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/_csvbytes.c is not built")
+@pytest.mark.parametrize("block, ncols, expected", [
+    (b"a,b\n", 2, [[0, 2], [1, 3], [4]]),
+    (b'"x,\n",b\r\n', 2, [[0, 6], [5, 7], [9]]),
+    (b"a,b\n\nc,d\n", 2, None),  # blank line
+    (b"a,b,c\n", 2, None),  # ragged
+    (b'"a,b\n', 2, None),  # unclosed quote
+    (b"a,b\nc", 2, None),  # no final newline
+])
+def test_the_c_split_finds_fields_or_refuses(block, ncols, expected):
+    lines = max(1, block.count(b"\n"))
+    starts, ends = np.empty((ncols, lines), np.int64), np.empty((ncols, lines), np.int64)
+    line_end = np.empty(lines, np.int64)
+    n = score_module._csvbytes.split(block, ncols, starts, ends, line_end)
+    if expected is None:
+        assert n == -1
+    else:
+        assert n == 1
+        assert [starts[:, 0].tolist(), ends[:, 0].tolist(), line_end[:1].tolist()] == expected
+
+
+@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/_csvbytes.c is not built")
+@pytest.mark.parametrize("damage", ["cell outside block", "key index", "key outside keys",
+                                    "table size", "split shape", "splice offset",
+                                    "splice size"])
+def test_the_c_byte_work_refuses_bad_offsets_instead_of_reading_past_them(damage):
+    native = score_module._csvbytes
+    index = score_module._CellIndex()
+    index.add([b"yes", b"no"])
+    block = b"yes,no\n"
+    starts, lengths = np.array([0, 4], np.int64), np.array([3, 2], np.int64)
+    assert index.find(block, starts, lengths).tolist() == [0, 1]
+    table, start = index.table.copy(), index.start.copy()
+    out = np.empty(2, np.int64)
+    with pytest.raises(ValueError):
+        if damage == "cell outside block":
+            native.lookup(block, np.array([0, 6], np.int64), lengths, index.keys, start,
+                          index.length, table, out)
+        elif damage in ("key index", "key outside keys"):
+            if damage == "key index":
+                table[table >= 0] = 7
+            else:
+                start[:] = 100
+            native.lookup(block, starts, lengths, index.keys, start, index.length, table, out)
+        elif damage == "table size":
+            native.lookup(block, starts, lengths, index.keys, start, index.length,
+                          table[:48], out)
+        elif damage == "split shape":
+            native.split(block, 2, np.empty((2, 1), np.int64), np.empty((2, 2), np.int64),
+                         np.empty(1, np.int64))
+        else:
+            bad_at = np.array([9 if damage == "splice offset" else 6], np.int64)
+            size = len(block) + 3 + (1 if damage == "splice size" else 0)
+            native.splice(block, np.array([7], np.int64), bad_at, np.ones(1, np.uint8),
+                          np.zeros((1, 2), np.uint8), 2, np.zeros(1, np.int64), b"z",
+                          np.zeros(1, np.int64), np.ones(1, np.int64), bytearray(size))
+
+
+def test_the_c_byte_work_is_built_where_ci_runs():
+    """`pip install -e .` compiles ml/_csvbytes.c; without it batch scoring is slower."""
+    if score_module._csvbytes is None and not os.environ.get("CI"):
+        pytest.skip("ml/_csvbytes.c is not built (no compiler?); CI must build it")
+    assert score_module._csvbytes is not None
