@@ -89,6 +89,12 @@ WRITE_MODES = ("async", "sync")
 BATCH_ROWS = 1000
 # How long a read (feedback, monitoring) or a graceful exit waits for pending rows.
 FLUSH_TIMEOUT_SECONDS = 10.0
+# The writer thread's nice value (Linux: per thread). Its group commits then yield the
+# CPU to the request threads of the busy workers, which cut the tail of /predict latency
+# (p99 / p50 under 8 connections: 3.3 -> 3.0, lower in each of 4 interleaved rounds);
+# at weight 110 against 1024 it still gets about 10 % of a contended core, 3x what it
+# needs at full load (~30 us of SQLite per row), so it keeps up and drops nothing.
+WRITER_NICE = 10
 # A writer thread idle this long ends (the next enqueue starts another), so stores that
 # are no longer used (tests build many apps) do not keep a thread each.
 WRITER_IDLE_SECONDS = 60.0
@@ -328,6 +334,7 @@ class WriteQueue:
             return taken
 
     def _run(self) -> None:
+        _lower_priority()
         while True:
             taken = self._take()
             if taken is None:
@@ -340,6 +347,17 @@ class WriteQueue:
                 with self._lock:
                     self._written += len(taken)
                     self._drained.notify_all()
+
+
+def _lower_priority() -> None:
+    """Give the calling thread (the writer) :data:`WRITER_NICE` on Linux, where each thread
+    has its own nice value; elsewhere, or if refused, it keeps its priority."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid),
+                                                 WRITER_NICE))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux, or not allowed
+        pass
 
 
 _STORES: "weakref.WeakSet[PredictionStore]" = weakref.WeakSet()
