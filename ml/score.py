@@ -13,14 +13,16 @@ converted by :func:`ml.data.convert_column`, so raw CSV spellings and codes both
 Why not ``pandas.read_csv(chunksize=…)`` / ``to_csv``: on the 2-vCPU nodes this runs
 on they manage about 250k and 140k rows/s on their own (a Python string per cell, a
 formatted row per line), so together with conversion the naive pipeline does ~25k
-rows/s. Here a chunk stays bytes: numpy finds the field boundaries (commas and newlines
-outside quotes), the feature cells are grouped by hashing their bytes (8-byte words;
-every cell is then checked word for word against its group, so a hash collision can
-only cost speed), only distinct cells become strings and go through
-``convert_column`` (once per file, cached), and the output is the input bytes with the
-score columns inserted before each line end. A chunk the fast tokenizer does not
-accept (blank lines, ragged rows, stray quotes) is read with the ``csv`` module
-instead; the results are the same, only slower.
+rows/s. Here a chunk stays bytes: the field boundaries (commas and newlines outside
+quotes) are found in one pass, each feature cell is looked up by its bytes in its
+column's cache, only cells not seen before in the file become strings and go through
+``convert_column``, and the output is the input bytes with the score columns inserted
+before each line end. Those three loops over bytes run in C (``ml/_csvbytes.c``) when
+it is built, else in numpy (cells grouped by hashing their bytes in 8-byte words,
+every cell then checked word for word against its group, so a hash collision can only
+cost speed); both write the same bytes. A chunk the fast tokenizer does not accept
+(blank lines, ragged rows, stray quotes) is read with the ``csv`` module instead; the
+results are the same, only slower.
 """
 from __future__ import annotations
 
