@@ -15,6 +15,8 @@ machine does not decide a figure):
      ``Server-Timing`` header over sequential requests)
   f. b. and a. with one connection: latency without queueing behind other requests
      (with 8 connections on 2 sync workers, p99 is mostly time spent waiting in line)
+  g. b. and a. paced: 8 connections that each pause PACE_MS between requests (about a
+     third of the ceiling's throughput), the tail of a server that is not saturated
 
 and reports req/s, ratios to the ceiling, p50/p99 latency, seconds from start to
 ``/ready`` 200, and the PSS of master + workers (``/proc/<pid>/smaps_rollup``).
@@ -50,6 +52,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "http.json"
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 TARGETS = {"predict_ratio": 0.70, "reasons_ratio": 0.40, "p99_ms": 5.0, "ready_s": 1.5,
            "pss_mb": 300.0, "batch_ms": 50.0}
+# Scenario g.: each of the 8 connections pauses this long between requests.
+PACE_MS = 8
 
 
 def free_port() -> int:
@@ -138,12 +142,17 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
 
 
 def wrk(port: int, path: str, body: bytes, duration: int, workdir: Path,
-        connections: int = 8, threads: int = 2) -> dict[str, float]:
-    """Drive ``POST path`` with wrk; requests/s, p50 and p99 latency in ms, error count."""
+        connections: int = 8, threads: int = 2, pause_ms: int = 0) -> dict[str, float]:
+    """Drive ``POST path`` with wrk; requests/s, p50 and p99 latency in ms, error count.
+
+    ``pause_ms``: each connection waits this long after an answer before its next
+    request (wrk's ``delay()``), instead of sending it at once.
+    """
     script = workdir / "post.lua"
     script.write_text("wrk.method = \"POST\"\n"
                       "wrk.headers[\"Content-Type\"] = \"application/json\"\n"
-                      f"wrk.body = {json.dumps(body.decode())}\n")
+                      f"wrk.body = {json.dumps(body.decode())}\n"
+                      + (f"function delay() return {pause_ms} end\n" if pause_ms else ""))
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
                           "-s", str(script), f"http://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, check=True).stdout
@@ -234,6 +243,8 @@ def run_all(model_dir: Path, workdir: Path, duration: int, rounds: int) -> dict:
             port, path = scenarios[name]
             measured[f"{name}_1c"] = wrk(port, path, single, duration, workdir,
                                          connections=1, threads=1)
+            measured[f"{name}_paced"] = wrk(port, path, single, duration, workdir,
+                                            pause_ms=PACE_MS)
         measured["batch"] = batch_times(api.port, batch)
         measured["pss_mb"] = api.pss_mb()
         measured["ceiling_pss_mb"] = ceiling.pss_mb()
@@ -282,6 +293,8 @@ def build_report(m: dict, card: dict, args: argparse.Namespace, load: tuple) -> 
                                m["predict_flask_only"]["requests_per_s"] / top},
         "batch_1000": m["batch"],
         "one_connection": {"ceiling": m["ceiling_1c"], "predict": m["predict_1c"]},
+        "paced": {"ceiling": m["ceiling_paced"], "predict": m["predict_paced"],
+                  "pause_ms": PACE_MS},
         **{k: m[k] for k in ("ready_s", "ceiling_ready_s", "pss_mb", "pss_mb_idle",
                              "ceiling_pss_mb")},
     }
@@ -330,6 +343,11 @@ def print_table(report: dict) -> None:
     print("\none connection, no queueing: " + ", ".join(
         f"{label} p50 {one[key]['p50_ms']:.2f} ms, p99 {one[key]['p99_ms']:.2f} ms"
         for key, label in (("ceiling", "a."), ("predict", "b."))))
+    paced = f["paced"]
+    print(f"paced, 8 connections pausing {paced['pause_ms']} ms: " + ", ".join(
+        f"{label} {paced[key]['requests_per_s']:.0f} req/s, p50 {paced[key]['p50_ms']:.2f} ms, "
+        f"p99 {paced[key]['p99_ms']:.2f} ms" for key, label in (("ceiling", "a."),
+                                                                ("predict", "b."))))
     print(f"ready after start: {f['ready_s']:.2f} s (ceiling app {f['ceiling_ready_s']:.2f} s)")
     print(f"PSS master + 2 workers: {f['pss_mb']:.0f} MB after load "
           f"({f['pss_mb_idle']:.0f} MB idle; ceiling app {f['ceiling_pss_mb']:.0f} MB)")
