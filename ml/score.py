@@ -548,9 +548,12 @@ def _tokenize(block: bytes, ncols: int) -> _Fields | None:
     lines = block.count(b"\n")
     if _csvbytes is None:
         return _tokenize_numpy(block, ncols, lines)
-    starts = np.empty((ncols, lines), dtype=np.int64)
-    ends = np.empty((ncols, lines), dtype=np.int64)
-    line_end = np.empty(lines, dtype=np.int64)
+    # A record takes at least ncols bytes (its commas and newline): a chunk of blank
+    # lines does not get room for a million records.
+    room = min(lines, len(block) // ncols + 1)
+    starts = np.empty((ncols, room), dtype=np.int64)
+    ends = np.empty((ncols, room), dtype=np.int64)
+    line_end = np.empty(room, dtype=np.int64)
     n = _csvbytes.split(block, ncols, starts, ends, line_end)
     if n < 0:
         return None
