@@ -118,7 +118,7 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
             "output": str(out_csv), "errors": str(errors_path) if errors.count else None}
 
 
-def _score_blocks(chunker: "_Chunker", blocks: Iterator[bytes],
+def _score_blocks(chunker: "_Chunker", blocks: Iterator[tuple[bytes, int]],
                   ahead: int) -> Iterator[tuple[bytes, "_BlockResult"]]:
     """(block, result) in input order, the model work of ``ahead`` blocks at a time
     overlapped with the reading of the next.
@@ -134,8 +134,8 @@ def _score_blocks(chunker: "_Chunker", blocks: Iterator[bytes],
     """
     with ThreadPoolExecutor(ahead, thread_name_prefix="score") as pool:
         pending: deque[tuple[bytes, Future]] = deque()
-        for block in blocks:
-            pending.append((block, pool.submit(*chunker.prepare(block))))
+        for block, lines in blocks:
+            pending.append((block, pool.submit(*chunker.prepare(block, lines))))
             if len(pending) > ahead:
                 done, future = pending.popleft()
                 yield done, future.result()
@@ -147,8 +147,9 @@ def _score_blocks(chunker: "_Chunker", blocks: Iterator[bytes],
 # --------------------------------------------------------------------------- reading
 
 
-def _blocks(src: BinaryIO, chunksize: int) -> Iterator[bytes]:
-    """Chunks of about ``chunksize`` whole records, never cut inside a quoted field.
+def _blocks(src: BinaryIO, chunksize: int) -> Iterator[tuple[bytes, int]]:
+    """Chunks of about ``chunksize`` whole records, never cut inside a quoted field, each
+    with its count of newline bytes (quoted ones included).
 
     Rows per chunk are set from the bytes per row seen so far (the first read is 1 MiB).
     Every chunk ends with a newline.
@@ -161,7 +162,8 @@ def _blocks(src: BinaryIO, chunksize: int) -> Iterator[bytes]:
         buf = carry + data
         if not data:
             if buf:
-                yield buf if buf.endswith(b"\n") else buf + b"\n"
+                block = buf if buf.endswith(b"\n") else buf + b"\n"
+                yield block, _count(block, _NEWLINE)
             return
         cut = buf.rfind(b"\n") + 1
         while cut and _count(buf, _QUOTE, cut) % 2:  # that newline is inside quotes
@@ -170,11 +172,12 @@ def _blocks(src: BinaryIO, chunksize: int) -> Iterator[bytes]:
             carry = buf
             continue
         block, carry = buf[:cut], buf[cut:]
-        seen_rows += _count(block, _NEWLINE)
+        lines = _count(block, _NEWLINE)
+        seen_rows += lines
         seen_bytes += len(block)
         want = min(BLOCK_BYTES, max(1 << 16, int(chunksize * seen_bytes / seen_rows)))
         want = max(1, want - len(carry))
-        yield block
+        yield block, lines
 
 
 @dataclass
@@ -241,23 +244,18 @@ class _Chunker:
         """The error file's header line."""
         return _csv_line([*ERROR_COLUMNS, *self.header])
 
-    def score_block(self, block: bytes) -> "_BlockResult":
-        """Score one chunk of whole records.
+    def prepare(self, block: bytes, lines: int) -> tuple[Any, ...]:
+        """Read and convert a chunk of whole records (``lines`` newline bytes); returns
+        ``(function, *args)``, whose call gives the chunk's :class:`_BlockResult` and may
+        run on another thread (it does not touch the column caches).
 
         Errors come back as (record index in the chunk, line in the chunk (1-based),
         problem, the record's text) so the caller can number them in the file.
         """
-        finish, *args = self.prepare(block)
-        return finish(*args)
-
-    def prepare(self, block: bytes) -> tuple[Any, ...]:
-        """Read and convert a chunk; returns ``(function, *args)``, whose call gives the
-        chunk's :class:`_BlockResult` and may run on another thread (it does not touch
-        the column caches)."""
-        fields = _tokenize(block, len(self.header))
+        fields = _tokenize(block, len(self.header), lines)
         converted = self._convert_fast(fields) if fields is not None else None
         if converted is None:
-            return _done, self._score_slow(block)
+            return _done, self._score_slow(block, lines)
         raw, problems = converted
         bad = np.flatnonzero(problems.any(axis=1)) if problems.size else np.zeros(0, int)
         errors = [(int(i), fields.line_of(int(i)), self._problem_text(problems[i]),
@@ -273,16 +271,16 @@ class _Chunker:
         output = fields.with_suffixes(good, self._suffixes(scores))
         return _BlockResult(output, errors, fields.n, len(raw), fields.lines)
 
-    def _score_slow(self, block: bytes) -> "_BlockResult":
+    def _score_slow(self, block: bytes, lines: int) -> "_BlockResult":
         """The same for a chunk the fast tokenizer refused, via the ``csv`` module."""
         text = block.decode("utf-8", errors="replace")
-        records, lines = [], []
+        records, record_lines = [], []
         line = 1
         reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
         for record in reader:
             if record:  # pandas skips blank lines; so does the row count
                 records.append(record)
-                lines.append(line)
+                record_lines.append(line)
             line = 1 + reader.line_num
         ok = [len(r) == len(self.header) for r in records]
         good_records = [r for r, k in zip(records, ok) if k]
@@ -299,7 +297,7 @@ class _Chunker:
             else:
                 problem = None
             if problem:
-                errors.append((i, lines[i], problem, _csv_line(record).rstrip("\n")))
+                errors.append((i, record_lines[i], problem, _csv_line(record).rstrip("\n")))
             if ok[i]:
                 if not problem:
                     good_rows.append(g)
@@ -313,7 +311,7 @@ class _Chunker:
         for g, tail in zip(good_rows, frame.itertuples(index=False)):
             writer.writerow([*good_records[g], *tail])
         return _BlockResult(out.getvalue().encode(), errors, len(records), len(good_rows),
-                            _count(block, _NEWLINE))
+                            lines)
 
     def _convert_fast(self, fields: "_Fields") -> tuple[np.ndarray, np.ndarray] | None:
         """Raw matrix and problem codes of a tokenised chunk; ``None`` on a hash collision.
@@ -541,11 +539,11 @@ def _ragged(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
 
 
-def _tokenize(block: bytes, ncols: int) -> _Fields | None:
-    """Field boundaries of every record, or ``None`` if the chunk is not plainly regular."""
+def _tokenize(block: bytes, ncols: int, lines: int) -> _Fields | None:
+    """Field boundaries of every record of a chunk with ``lines`` newline bytes, or
+    ``None`` if the chunk is not plainly regular."""
     if not ncols:
         return None
-    lines = block.count(b"\n")
     if _csvbytes is None:
         return _tokenize_numpy(block, ncols, lines)
     # A record takes at least ncols bytes (its commas and newline): a chunk of blank
