@@ -81,11 +81,11 @@ accesslog = None
 def worker_exit(server, worker):
     """A worker is stopping (graceful stop, restart): write the predictions it has queued.
 
-    The prediction store writes behind the request (ml/store.py); this is what makes a
+    The prediction store writes behind the request (ml/monitoring/store.py); this is what makes a
     graceful stop lose nothing. ``atexit`` would do it too, later; this runs first and
     says so in the log if the database did not take them in time.
     """
-    from ml.store import flush_all
+    from ml.monitoring.store import flush_all
 
     if not flush_all(timeout=graceful_timeout / 2):
         server.log.warning("predictions still queued at worker exit were not stored",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
-from ml.config import models_dir
+from ml.spec.config import models_dir
 
 MIB = 1024 * 1024
 
@@ -59,7 +59,7 @@ def _log_level(text: str) -> str:
 # name -> (default, converter from the environment's string, what it is for)
 SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
     "MODEL_DIR": (None, str, "Model artifact directory, or a models dir with a LATEST "
-                             "pointer (default: ml.config.models_dir(), i.e. ./models)"),
+                             "pointer (default: ml.spec.config.models_dir(), i.e. ./models)"),
     "PORT": (8080, _positive_int, "Port gunicorn binds to (gunicorn.conf.py)"),
     "LOG_LEVEL": ("INFO", _log_level, "Level of the JSON logs on stdout"),
     "MAX_BATCH": (1000, _positive_int, "Most applicants in one POST /predict batch"),

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from flask import Flask, Response, request
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter,
-                               Gauge, Histogram, generate_latest, multiprocess)
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest, multiprocess)
 
 from app import logs
 from app.model import EXTENSION

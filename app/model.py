@@ -1,6 +1,6 @@
 """The model resource: loaded once, hash-checked and self-tested when the app is created.
 
-The loaded :class:`ml.predictor.Predictor` lives in ``app.extensions["credit_model"]``
+The loaded :class:`ml.serving.predictor.Predictor` lives in ``app.extensions["credit_model"]``
 (with gunicorn's ``preload_app`` the workers share the master's copy). When loading or
 the self-test fails, the app still starts: liveness stays green, readiness and
 predictions answer 503 with the reason, so the platform does not crash-loop the pod
@@ -19,7 +19,7 @@ from app import logs
 from app.errors import APIError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from ml.predictor import Predictor
+    from ml.serving.predictor import Predictor
 
 EXTENSION = "credit_model"
 
@@ -49,7 +49,7 @@ def load_model(model_dir: str) -> ModelState:
     """
     started = time.perf_counter()
     try:
-        from ml.predictor import Predictor
+        from ml.serving.predictor import Predictor
 
         predictor = Predictor.load(model_dir)
         predictor.self_test()

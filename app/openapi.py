@@ -1,16 +1,16 @@
 """The OpenAPI 3 document, generated from the served artifact: one source of truth.
 
 Every applicant field (type, enum, bounds, description) comes from the model's
-:class:`ml.schema.DatasetSpec`, the examples from its card, the grade bands and the
+:class:`ml.spec.schema.DatasetSpec`, the examples from its card, the grade bands and the
 threshold from the card too. Nothing here is written by hand per field, so the docs
-cannot drift from what ``ml.schema.validate_record`` accepts. No view holds YAML.
+cannot drift from what ``ml.spec.schema.validate_record`` accepts. No view holds YAML.
 """
 from __future__ import annotations
 
 from importlib import metadata
 from typing import Any
 
-from ml.schema import CATEGORICAL, DatasetSpec, Feature, example_record
+from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature, example_record
 
 REF = "#/components/schemas/"
 ERROR_STATUSES = {
@@ -72,7 +72,7 @@ def applicant_schema(spec: DatasetSpec, example: dict[str, Any] | None) -> dict[
 
 def _grades_text(card: dict[str, Any]) -> str:
     """The PD bands of the card's grades: each ``max_pd`` is an exclusive upper bound,
-    except the last (ml.predictor), e.g. "`A`: PD below 5% (very low risk); ..."."""
+    except the last (ml.serving.predictor), e.g. "`A`: PD below 5% (very low risk); ..."."""
     grades = card.get("grades", ())
     return "; ".join(
         f"`{g['grade']}`: PD " + ("up to" if i == len(grades) - 1 else "below")

@@ -25,7 +25,7 @@ from blinker import Namespace
 
 from app import metrics
 from app.errors import APIError
-from ml.schema import DatasetSpec, validate_record, validate_records
+from ml.spec.schema import DatasetSpec, validate_record, validate_records
 
 _signals = Namespace()
 prediction_made = _signals.signal("prediction-made")

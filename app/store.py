@@ -1,6 +1,6 @@
-"""The prediction store in the API: every /predict result is handed to :mod:`ml.store`.
+"""The prediction store in the API: every /predict result is handed to :mod:`ml.monitoring.store`.
 
-:mod:`ml.store` holds the table, the write-behind queue and the reads (the batch jobs
+:mod:`ml.monitoring.store` holds the table, the write-behind queue and the reads (the batch jobs
 use it too); this module only connects it to the app: the store named by
 ``DATABASE_URL`` in ``app.extensions``, the ``prediction_made`` receiver that queues
 (or writes) the rows and marks the request's log line, and the ``/ready`` report.
@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ml.store import DROPPED_ROWS, STORE_ERRORS, PredictionStore, StoreUnavailable, default_url
+from ml.monitoring.store import (DROPPED_ROWS, STORE_ERRORS, PredictionStore, StoreUnavailable,
+                                 default_url)
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """The web form: ``GET /`` shows one input per feature of the served model's spec,
 ``POST /`` scores the applicant and shows PD, decision, risk grade and reasons.
 
-The page is generated from :mod:`ml.schema` (labels, descriptions, bounds, categories),
+The page is generated from :mod:`ml.spec.schema` (labels, descriptions, bounds, categories),
 so a model trained on another data set gets its own form without code changes. A
 submission goes through the same steps as ``POST /predict``: the spec's
-:func:`ml.schema.validate_record`, :func:`app.services.predict` and
+:func:`ml.spec.schema.validate_record`, :func:`app.services.predict` and
 :func:`app.services.record_prediction` (logs, metrics, the ``prediction_made`` signal),
 so predictions made here are logged and stored exactly like API ones.
 
@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, render_template, requ
 
 from app import logs, services
 from app.model import get_state
-from ml.schema import CATEGORICAL, DatasetSpec, Feature, validate_record
+from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature, validate_record
 
 bp = Blueprint("web", __name__)
 
@@ -37,7 +37,7 @@ def parse_form(spec: DatasetSpec, form: Mapping[str, str]
     Numbers are parsed (whole numbers as ``int``); an empty field becomes ``None``,
     which the spec accepts only for nullable features. Fields the spec does not know
     (the submit button) are ignored. The record is then checked by
-    :func:`ml.schema.validate_record`, exactly as an API request is.
+    :func:`ml.spec.schema.validate_record`, exactly as an API request is.
 
     Returns:
         The record (only valid when there are no problems) and ``{field: problem}``.

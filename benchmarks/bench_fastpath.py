@@ -21,14 +21,14 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ml.artifact import Artifact, library_versions
-from ml.config import DEFAULT_DATA, DEFAULT_SPEC
-from ml.data import load_dataset
-from ml.pipeline import build_pipeline
-from ml.predictor import Predictor, records_to_frame
-from ml.schema import CATEGORICAL, DatasetSpec
+from ml.serving.artifact import Artifact, library_versions
+from ml.spec.config import DEFAULT_DATA, DEFAULT_SPEC
+from ml.training.data import load_dataset
+from ml.training.pipeline import build_pipeline
+from ml.serving.predictor import Predictor, records_to_frame
+from ml.spec.schema import (CATEGORICAL, DatasetSpec)
 
-# Settings from ml.pipeline.PARAM_GRIDS (the forest as the trainer picked it on seed 42),
+# Settings from ml.training.pipeline.PARAM_GRIDS (the forest as the trainer picked it on seed 42),
 # with the builder's tree counts.
 FAMILIES = {
     "logistic_regression": {"model__C": 0.1},

@@ -45,8 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ml.artifact import ArtifactError, read_card  # noqa: E402
-from ml.config import models_dir  # noqa: E402
+from ml.serving.artifact import ArtifactError, read_card  # noqa: E402
+from ml.spec.config import models_dir  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "http.json"
 GUNICORN = Path(sys.executable).with_name("gunicorn")

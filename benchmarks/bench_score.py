@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.artifact import library_versions, save_artifact
-from ml.config import DEFAULT_DATA, DEFAULT_SPEC
-from ml.data import load_dataset, validate_frame
-from ml.pipeline import build_pipeline
-from ml.predictor import Predictor
-from ml.schema import CATEGORICAL, DatasetSpec
-from ml.score import score_csv
+from ml.serving.artifact import library_versions, save_artifact
+from ml.spec.config import DEFAULT_DATA, DEFAULT_SPEC
+from ml.training.data import load_dataset, validate_frame
+from ml.training.pipeline import build_pipeline
+from ml.serving.predictor import Predictor
+from ml.spec.schema import CATEGORICAL, DatasetSpec
+from ml.batch.score import score_csv
 
 GRADES = [{"grade": g, "max_pd": b} for g, b in
           zip("ABCDEF", (0.05, 0.10, 0.20, 0.35, 0.50, 1.0))]

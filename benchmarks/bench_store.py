@@ -30,11 +30,11 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ml.store import PredictionStore, predictions  # noqa: E402
-from ml.config import DEFAULT_DATA, DEFAULT_SPEC  # noqa: E402
-from ml.data import load_dataset  # noqa: E402
-from ml.schema import DatasetSpec  # noqa: E402
-from ml.train import record_from_row  # noqa: E402
+from ml.monitoring.store import PredictionStore, predictions  # noqa: E402
+from ml.spec.config import DEFAULT_DATA, DEFAULT_SPEC  # noqa: E402
+from ml.training.data import load_dataset  # noqa: E402
+from ml.spec.schema import DatasetSpec  # noqa: E402
+from ml.training.train import record_from_row  # noqa: E402
 
 
 def applicants(n: int) -> list[dict[str, Any]]:

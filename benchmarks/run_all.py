@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ml.config import models_dir
+from ml.spec.config import models_dir
 
 HERE = Path(__file__).resolve().parent
 

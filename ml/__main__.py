@@ -9,17 +9,18 @@ import importlib
 import logging
 import sys
 
-from ml.artifact import ArtifactError
-from ml.data import DataError
-from ml.schema import SpecError
+from ml.serving.artifact import ArtifactError
+from ml.training.data import DataError
+from ml.spec.schema import SpecError
 
 COMMANDS = {
-    "spec": ("ml.draft", "draft a dataset spec for a new CSV, to review"),
-    "train": ("ml.train", "train, evaluate and write a model artifact"),
-    "score": ("ml.score", "score a portfolio CSV with a model artifact"),
-    "card": ("ml.report", "write the model card (Markdown and plots) for the docs"),
-    "monitor": ("ml.monitor", "drift and outcome report of the prediction store"),
-    "retrain": ("ml.retrain", "train a challenger with fed-back outcomes; promote if better"),
+    "spec": ("ml.training.draft", "draft a dataset spec for a new CSV, to review"),
+    "train": ("ml.training.train", "train, evaluate and write a model artifact"),
+    "score": ("ml.batch.score", "score a portfolio CSV with a model artifact"),
+    "card": ("ml.training.report", "write the model card (Markdown and plots) for the docs"),
+    "monitor": ("ml.monitoring.monitor", "drift and outcome report of the prediction store"),
+    "retrain": ("ml.training.retrain",
+                "train a challenger with fed-back outcomes; promote if better"),
 }
 
 
@@ -44,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         # The jobs that read the prediction store (monitor, retrain) meet database errors
-        # (ml.store.StoreUnavailable or raw SQLAlchemy ones); say so in one line instead
+        # (ml.monitoring.store.StoreUnavailable or raw SQLAlchemy ones); say so in one line instead
         # of a traceback, without importing either module for the other commands.
-        if not type(exc).__module__.startswith(("sqlalchemy", "ml.store")):
+        if not type(exc).__module__.startswith(("sqlalchemy", "ml.monitoring.store")):
             raise
         cause = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
         print(f"error: the prediction store is unavailable: {cause}", file=sys.stderr)

@@ -12,10 +12,10 @@ import pytest
 from threadpoolctl import threadpool_limits
 from werkzeug.serving import make_server
 
-from ml import config
-from ml.data import load_dataset
-from ml.schema import DatasetSpec
-from ml.train import TrainOptions, train
+from ml.spec import config
+from ml.training.data import load_dataset
+from ml.spec.schema import DatasetSpec
+from ml.training.train import TrainOptions, train
 
 
 @pytest.fixture(scope="session", autouse=True)

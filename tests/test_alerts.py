@@ -35,7 +35,7 @@ def test_promtool_accepts_the_rules_and_their_unit_tests(promtool, args):
 
 
 def test_psi_alert_fires_above_the_act_band_of_ml_drift():
-    from ml.drift import WATCH
+    from ml.monitoring.drift import WATCH
     rules = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"]
              for r in g["rules"]}
     assert rules["CreditRiskFeatureDrift"]["expr"].endswith(f"> {WATCH}")

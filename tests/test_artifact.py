@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from ml.artifact import (CARD_FILE, FAST_FILE, LATEST, MODEL_FILE, ArtifactError,
-                         load_artifact, load_serving, read_card, resolve, sha256_of)
+from ml.serving.artifact import (CARD_FILE, FAST_FILE, LATEST, MODEL_FILE, ArtifactError,
+                                 load_artifact, load_serving, read_card, resolve, sha256_of)
 
 
 @pytest.fixture

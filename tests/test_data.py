@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import config
-from ml.data import DataError, convert_column, load_dataset, read_raw, split, validate_frame
-from ml.schema import CATEGORICAL, Category, Feature
+from ml.spec import config
+from ml.training.data import (DataError, convert_column, load_dataset, read_raw, split,
+                              validate_frame)
+from ml.spec.schema import CATEGORICAL, Category, Feature
 
 
 def test_shipped_data_meets_its_spec(dataset, spec):
@@ -93,7 +94,7 @@ def test_missing_values_are_allowed_when_nullable(spec, tmp_path):
     data = spec.to_dict()
     for f in data["features"]:
         f["nullable"] = True
-    from ml.schema import DatasetSpec
+    from ml.spec.schema import DatasetSpec
     nullable = DatasetSpec.from_dict(data)
     path = tmp_path / "holes.csv"
     raw.to_csv(path, index=False)

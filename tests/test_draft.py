@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import config
+from ml.spec import config
 from ml.__main__ import main
-from ml.data import load_dataset
-from ml.draft import draft_spec, slug, unusable
-from ml.schema import DatasetSpec
+from ml.training.data import load_dataset
+from ml.training.draft import draft_spec, slug, unusable
+from ml.spec.schema import DatasetSpec
 
 
 @pytest.mark.parametrize("text, code", [

@@ -5,9 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.evaluate import classification_metrics, fairness, summary
-from ml.schema import (CATEGORICAL, NUMERIC, Category, CostMatrix, DatasetSpec, Feature,
-                       Target)
+from ml.training.evaluate import classification_metrics, fairness, summary
+from ml.spec.schema import CATEGORICAL, NUMERIC, Category, CostMatrix, DatasetSpec, Feature, Target
 
 AGE = Feature("age", NUMERIC, "Age", minimum=18, maximum=90, integer=True)
 SEX_CODE = Feature("sex", NUMERIC, "Sex", minimum=1, maximum=2, integer=True)

@@ -21,14 +21,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
-from ml import fastpath
-from ml.config import DEFAULT_DATA
-from ml.data import load_dataset, read_raw
-from ml.fastpath import LARGE_BATCH, UnsupportedModelError, check_against, compile_model
-from ml.pipeline import build_blend, build_pipeline
-from ml.predictor import records_to_frame
-from ml.schema import CATEGORICAL, DatasetSpec
-from ml.train import record_from_row
+from ml.serving import fastpath
+from ml.spec.config import DEFAULT_DATA
+from ml.training.data import load_dataset, read_raw
+from ml.serving.fastpath import LARGE_BATCH, UnsupportedModelError, check_against, compile_model
+from ml.training.pipeline import build_blend, build_pipeline
+from ml.serving.predictor import records_to_frame
+from ml.spec.schema import CATEGORICAL, DatasetSpec
+from ml.training.train import record_from_row
 
 TOLERANCE = 1e-9
 # Small but representative settings: the whole file must stay fast on 2 cores.
@@ -466,7 +466,7 @@ def test_a_requests_walk_keeps_the_gil_and_a_batchs_releases_it(models, full):
 
 
 def test_the_native_walk_is_built_where_ci_runs():
-    """`pip install -e .` compiles ml/_treewalk.c; without it serving is ~5x slower."""
+    """`pip install -e .` compiles ml/serving/_treewalk.c; without it serving is ~5x slower."""
     if fastpath._treewalk is None and not os.environ.get("CI"):
         pytest.skip("the C tree walk is not built (no compiler?); CI must build it")
     assert fastpath._treewalk is not None

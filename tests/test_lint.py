@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ml.config import PROJECT_ROOT
+from ml.spec.config import PROJECT_ROOT
 
 
 def test_flake8_finds_nothing():

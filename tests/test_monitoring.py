@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import create_app
 from app.errors import APIError
 from app.monitoring import parse_feedback
-from ml import monitor
-from ml.train import record_from_row
+from ml.monitoring import monitor
+from ml.training.train import record_from_row
 
 SECRET = "987654321"
 ERROR_KEYS = {"error", "message", "details"}
@@ -232,7 +232,7 @@ def test_monitor_job_writes_a_json_report_and_psi_plots(app, client, applicants,
 
 
 def test_report_builder_is_pure_and_handles_no_rows(trained_model_dir):
-    from ml.artifact import read_card
+    from ml.serving.artifact import read_card
     report = monitor.build_report(read_card(trained_model_dir), [], {"last": 5})
     assert report["window"]["rows"] == 0 and report["window"]["last"] == 5
     assert monitor.save_plots(report, trained_model_dir / "unused") == []

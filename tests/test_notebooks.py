@@ -10,7 +10,7 @@ import time
 import nbformat
 import pytest
 
-from ml.config import PROJECT_ROOT
+from ml.spec.config import PROJECT_ROOT
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 TIMEOUT = 120  # seconds per cell; both notebooks together take well under a minute

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from ml.store import PredictionStore
+from ml.monitoring.store import PredictionStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 

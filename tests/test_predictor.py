@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.artifact import (CARD_FILE, Artifact, ArtifactError, library_versions, load_artifact,
-                         resolve, save_artifact)
-from ml.config import DEFAULT_DATA
-from ml.data import load_dataset, read_raw
-from ml.pipeline import BLEND, build_model, build_pipeline
-from ml.predictor import MAX_REASONS, OUTPUT_COLUMNS, Predictor, records_to_frame
-from ml.schema import DatasetSpec
-from ml.train import baseline, record_from_row
+from ml.serving.artifact import (CARD_FILE, Artifact, ArtifactError, library_versions,
+                                 load_artifact, resolve, save_artifact)
+from ml.spec.config import DEFAULT_DATA
+from ml.training.data import load_dataset, read_raw
+from ml.training.pipeline import BLEND, build_model, build_pipeline
+from ml.serving.predictor import MAX_REASONS, OUTPUT_COLUMNS, Predictor, records_to_frame
+from ml.spec.schema import DatasetSpec
+from ml.training.train import baseline, record_from_row
 
 GRADES = [{"grade": "A", "max_pd": 0.05, "label": "very low risk"},
           {"grade": "B", "max_pd": 0.10, "label": "low risk"},
@@ -351,7 +351,7 @@ def test_the_trained_artifact_passes_and_matches_sklearn(trained_model_dir, data
 
 def test_serving_never_imports_sklearn_scipy_or_pandas(trained_model_dir):
     """A server loads the compiled model, self-tests and scores on numpy alone."""
-    code = ("import sys; from ml.predictor import Predictor; "
+    code = ("import sys; from ml.serving.predictor import Predictor; "
             f"p = Predictor.load({str(trained_model_dir)!r}); p.self_test(); "
             "p.predict([p.card['example']]); "
             "print(sorted(m for m in ('sklearn', 'scipy', 'pandas') if m in sys.modules))")

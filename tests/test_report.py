@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import report
+from ml.training import report
 from ml.__main__ import main
-from ml.artifact import read_card, resolve
-from ml.data import split
+from ml.serving.artifact import read_card, resolve
+from ml.training.data import split
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from ml.store import PredictionStore
+from ml.monitoring.store import PredictionStore
 from ml.__main__ import main
-from ml.artifact import LATEST, load_artifact, read_card
-from ml.train import record_from_row
+from ml.serving.artifact import LATEST, load_artifact, read_card
+from ml.training.train import record_from_row
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_retrain_promotes_only_when_the_challenger_beats_the_margin(models, labe
         assert artifact.card["data"]["feedback_rows"] == 210
         assert artifact.card["retrain"]["champion"] == champion
         assert artifact.card["threshold"] == read_card(models / champion)["threshold"]
-        from ml.predictor import Predictor
+        from ml.serving.predictor import Predictor
         Predictor.load(models).self_test()
     else:
         assert latest == champion
@@ -66,7 +66,7 @@ def test_retrain_promotes_only_when_the_challenger_beats_the_margin(models, labe
 
 
 def test_the_comparison_is_the_same_for_both_outcomes_of_the_margin(models, labelled_db):
-    from ml.retrain import retrain
+    from ml.training.retrain import retrain
     rows = PredictionStore(labelled_db).window(labelled_only=True)
     kept = retrain(models, rows, margin=100.0)
     again = retrain(models, rows, margin=100.0)
@@ -74,7 +74,7 @@ def test_the_comparison_is_the_same_for_both_outcomes_of_the_margin(models, labe
 
 
 def test_retrain_refuses_other_training_data(models, labelled_db, tmp_path):
-    from ml import config
+    from ml.spec import config
     other = tmp_path / "other.csv"
     other.write_text(config.DEFAULT_DATA.read_text() + "\n")
     assert main(["retrain", "--database-url", labelled_db, "--model", str(models),

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from ml.schema import (DatasetSpec, SpecError, check_value, example_record, validate_record,
-                       validate_records)
-from ml.train import record_from_row
+from ml.spec.schema import (DatasetSpec, SpecError, check_value, example_record, validate_record,
+                            validate_records)
+from ml.training.train import record_from_row
 
 
 def test_shipped_spec_round_trips(spec, tmp_path):

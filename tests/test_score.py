@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.artifact import library_versions, save_artifact
-from ml.config import DEFAULT_DATA
-from ml.data import load_dataset, read_raw
-from ml.pipeline import build_pipeline
-from ml.predictor import OUTPUT_COLUMNS, Predictor
-from ml.schema import CATEGORICAL
-from ml import score as score_module
-from ml.score import main, score_csv
+from ml.serving.artifact import library_versions, save_artifact
+from ml.spec.config import DEFAULT_DATA
+from ml.training.data import load_dataset, read_raw
+from ml.training.pipeline import build_pipeline
+from ml.serving.predictor import OUTPUT_COLUMNS, Predictor
+from ml.spec.schema import CATEGORICAL
+from ml.batch import score as score_module
+from ml.batch.score import main, score_csv
 
 GRADES = [{"grade": "A", "max_pd": 0.05}, {"grade": "B", "max_pd": 0.10},
           {"grade": "C", "max_pd": 0.20}, {"grade": "D", "max_pd": 0.35},
@@ -68,7 +68,7 @@ def expected_scores(predictor, spec, raw_frame) -> pd.DataFrame:
 
 
 def load_dataset_from_frame(raw_frame, spec):
-    from ml.data import validate_frame
+    from ml.training.data import validate_frame
     X, _ = validate_frame(raw_frame, spec, require_target=False)
     return X
 
@@ -195,7 +195,7 @@ def write_awkward(raw: pd.DataFrame, path: Path, blank_line: bool) -> pd.DataFra
 @pytest.mark.parametrize("blank_line", [False, True], ids=["fast tokenizer", "csv module"])
 def test_an_awkward_csv_scores_the_same(predictor, spec, raw, tmp_path, monkeypatch,
                                         blank_line):
-    from ml.score import _Chunker
+    from ml.batch.score import _Chunker
     if not blank_line:  # this one the fast tokenizer must take itself
         monkeypatch.setattr(_Chunker, "_score_slow", None)
     rows = write_awkward(raw, tmp_path / "in.csv", blank_line)
@@ -276,13 +276,13 @@ def write_mixed(raw: pd.DataFrame, path: Path, crlf: bool) -> None:
     rows.to_csv(path, index=False, lineterminator="\r\n" if crlf else "\n")
 
 
-@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/_csvbytes.c is not built")
+@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/batch/_csvbytes.c is not built")
 @pytest.mark.parametrize("crlf", [False, True], ids=["LF", "CRLF"])
 @pytest.mark.parametrize("limit", [100_000, 3], ids=["cache", "cache full"])
 @pytest.mark.parametrize("chunksize", [50_000, 7])
 def test_the_c_and_numpy_byte_work_write_the_same_files(predictor, raw, tmp_path, monkeypatch,
                                                         crlf, limit, chunksize):
-    """ml/_csvbytes.c (split, lookup, splice) against the numpy versions it replaces."""
+    """ml/batch/_csvbytes.c (split, lookup, splice) against the numpy versions it replaces."""
     write_mixed(raw, tmp_path / "in.csv", crlf)
     monkeypatch.setattr(score_module._ColumnCache, "LIMIT", limit)
     native = score(predictor, tmp_path / "in.csv", tmp_path / "c.csv", chunksize=chunksize)
@@ -293,7 +293,7 @@ def test_the_c_and_numpy_byte_work_write_the_same_files(predictor, raw, tmp_path
     assert Path(native["errors"]).read_bytes() == Path(numpy["errors"]).read_bytes()
 
 
-@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/_csvbytes.c is not built")
+@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/batch/_csvbytes.c is not built")
 @pytest.mark.parametrize("block, ncols, expected", [
     (b"a,b\n", 2, [[0, 2], [1, 3], [4]]),
     (b'"x,\n",b\r\n', 2, [[0, 6], [5, 7], [9]]),
@@ -314,7 +314,7 @@ def test_the_c_split_finds_fields_or_refuses(block, ncols, expected):
         assert [starts[:, 0].tolist(), ends[:, 0].tolist(), line_end[:1].tolist()] == expected
 
 
-@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/_csvbytes.c is not built")
+@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/batch/_csvbytes.c is not built")
 @pytest.mark.parametrize("damage", ["cell outside block", "key index", "key outside keys",
                                     "table size", "split shape", "splice offset",
                                     "splice size"])
@@ -352,7 +352,7 @@ def test_the_c_byte_work_refuses_bad_offsets_instead_of_reading_past_them(damage
 
 
 def test_the_c_byte_work_is_built_where_ci_runs():
-    """`pip install -e .` compiles ml/_csvbytes.c; without it batch scoring is slower."""
+    """`pip install -e .` compiles ml/batch/_csvbytes.c; without it batch scoring is slower."""
     if score_module._csvbytes is None and not os.environ.get("CI"):
-        pytest.skip("ml/_csvbytes.c is not built (no compiler?); CI must build it")
+        pytest.skip("ml/batch/_csvbytes.c is not built (no compiler?); CI must build it")
     assert score_module._csvbytes is not None

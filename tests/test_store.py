@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from app import create_app
-from ml.store import PredictionStore, outcomes_frame
+from ml.monitoring.store import PredictionStore, outcomes_frame
 
 RESULT = {"probability_of_default": 0.2, "decision": "approve"}
 
@@ -33,7 +33,7 @@ def db_url(tmp_path):
 
 @pytest.fixture()
 def example(trained_model_dir):
-    from ml.artifact import read_card
+    from ml.serving.artifact import read_card
     return dict(read_card(trained_model_dir)["example"])
 
 
@@ -264,7 +264,7 @@ def test_the_writer_thread_runs_at_a_lower_priority_than_the_requests(tmp_path, 
     the thread that enqueues keeps its own priority."""
     import threading
 
-    from ml.store import WRITER_NICE
+    from ml.monitoring.store import WRITER_NICE
     store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}", flush_seconds=0)
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert store.enqueue("r0", [example], [RESULT], "m", "v", False)
@@ -339,7 +339,7 @@ def test_a_failed_group_write_is_counted_and_logged_with_request_ids_only(
     assert store.flush(5)
     out = capsys.readouterr().out
     [warning] = [r for r in json_lines(out) if r["message"] == "predictions not stored"]
-    assert warning["level"] == "WARNING" and warning["logger"] == "ml.store"
+    assert warning["level"] == "WARNING" and warning["logger"] == "ml.monitoring.store"
     assert warning["rows"] == 3 and warning["request_ids"] == ["lost-1", "lost-2"]
     assert "no such table" in warning["reason"]
     assert set(warning) <= {"timestamp", "level", "logger", "message", "pid", "reason",

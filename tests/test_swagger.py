@@ -9,7 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from app import create_app
-from ml.schema import CATEGORICAL, validate_record
+from ml.spec.schema import CATEGORICAL, validate_record
 
 
 @pytest.fixture(scope="module")

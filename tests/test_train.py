@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 
 from app import create_app
-from ml import config
+from ml.spec import config
 from ml.__main__ import main
-from ml.artifact import load_artifact, resolve
-from ml.data import load_dataset, read_raw
-from ml.schema import DatasetSpec, validate_record
-from ml import train as train_module
-from ml.train import GRADES, TrainOptions, sample_rows, train
+from ml.serving.artifact import load_artifact, resolve
+from ml.training.data import load_dataset, read_raw
+from ml.spec.schema import DatasetSpec, validate_record
+from ml.training import train as train_module
+from ml.training.train import GRADES, TrainOptions, sample_rows, train
 
 pytestmark = pytest.mark.slow
 

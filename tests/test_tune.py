@@ -7,8 +7,8 @@ from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from ml import tune
-from ml.pipeline import BLEND, build_blend
+from ml.training import tune
+from ml.training.pipeline import (BLEND, build_blend)
 
 # One cheap configuration per family: the search's mechanics, not its grids, are tested.
 TINY_GRIDS = {

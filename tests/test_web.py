@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from app import create_app, services, web
-from ml.config import PROJECT_ROOT
-from ml.schema import CATEGORICAL, example_record
+from ml.spec.config import PROJECT_ROOT
+from ml.spec.schema import CATEGORICAL, example_record
 
 SCREENSHOT = PROJECT_ROOT / "docs" / "img" / "form.png"
 

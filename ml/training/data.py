@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from ml.artifact import sha256_of
-from ml.schema import CATEGORICAL, DatasetSpec, Feature
+from ml.serving.artifact import sha256_of
+from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature
 
 MISSING_TOKENS = ("", "na", "n/a", "nan", "null", "?")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml.data import MISSING_TOKENS, read_raw, target_values
-from ml.schema import (CATEGORICAL, NUMERIC, RESERVED_NAMES, Category, CostMatrix, DatasetSpec,
-                       Feature, Target)
+from ml.training.data import MISSING_TOKENS, read_raw, target_values
+from ml.spec.schema import (CATEGORICAL, NUMERIC, RESERVED_NAMES, Category, CostMatrix,
+                            DatasetSpec, Feature, Target)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def draft_feature(name: str, text: pd.Series, max_categories: int = 50, field: s
 
     Args:
         name: the CSV header.
-        text: the column as read by :func:`ml.data.read_raw`.
+        text: the column as read by :func:`ml.training.data.read_raw`.
         max_categories: most distinct text values of a categorical feature.
         field: the feature's name (default: the slug of ``name``).
         categorical: treat numbers as category codes (e.g. a region coded 1, 2, 3).
@@ -169,7 +169,7 @@ def draft_spec(csv_path: str | Path, target: str, positive: str,
     Raises:
         ValueError: the target, a protected or a categorical column is not in the file,
             or the positive value does not occur in the target.
-        ml.schema.SpecError: the draft is not a usable spec (e.g. no feature is left).
+        ml.spec.schema.SpecError: the draft is not a usable spec (e.g. no feature is left).
     """
     raw = read_raw(csv_path)
     for col in (target, *protected, *categorical):

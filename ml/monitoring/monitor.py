@@ -4,7 +4,7 @@ the outcomes fed back, for a window of stored predictions.
 :func:`build_report` is pure (card + rows in, dict out) and serves both ``GET
 /monitoring`` and the batch job ``python -m ml monitor``, which reads the prediction
 store and writes ``monitoring.json`` plus PNG plots. Drift: PSI of the score and CSI of
-every feature against the model card's reference bins (:mod:`ml.drift`), banded
+every feature against the model card's reference bins (:mod:`ml.monitoring.drift`), banded
 < 0.10 stable, 0.10–0.25 watch, > 0.25 act.
 """
 from __future__ import annotations
@@ -19,7 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ml import config, drift, evaluate
+from ml.spec import config
+
+from ml.monitoring import drift
+
+from ml.training import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ def outcome_metrics(rows: list[dict[str, Any]], card: dict[str, Any]) -> dict[st
         out["metrics"] = None
         out["note"] = "AUC, KS and the confusion matrix need labelled outcomes of both classes"
         return out
-    from ml.schema import CostMatrix
+    from ml.spec.schema import CostMatrix
 
     p = np.array([r["probability_of_default"] for r in labelled], dtype=float)
     full = evaluate.classification_metrics(
@@ -166,7 +170,7 @@ def open_store(url: str | None) -> Any:
     """The prediction store at ``url``, ``$DATABASE_URL`` or the API's default."""
     import os
 
-    from ml.store import PredictionStore, default_url
+    from ml.monitoring.store import PredictionStore, default_url
 
     return PredictionStore(url or os.environ.get("DATABASE_URL") or default_url(),
                            retry_seconds=0)
@@ -174,7 +178,7 @@ def open_store(url: str | None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report from the store, write JSON and plots, print a summary."""
-    from ml.artifact import read_card
+    from ml.serving.artifact import read_card
 
     if args.last is not None and args.last < 1 or args.days is not None and args.days <= 0:
         raise ValueError("--last and --days must be positive")

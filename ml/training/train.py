@@ -1,7 +1,7 @@
 """Training run: data → search → calibration → threshold → refit → evaluation → artifact.
 
 Refit policy: the search, the calibration and the threshold use train + validation only,
-through out-of-fold predictions of k-fold CV on those rows (ml.tune); the chosen
+through out-of-fold predictions of k-fold CV on those rows (ml.training.tune); the chosen
 configuration is then refitted on train + validation (80 % of the rows), and the test
 part (20 %) is scored once, by the final report. The repeated CV that measures
 variability runs on all rows, with the threshold held fixed.
@@ -25,11 +25,15 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
-from ml import config, drift, evaluate, tune
-from ml.artifact import library_versions, read_card, save_artifact
-from ml.data import Dataset, load_dataset, split
-from ml.pipeline import BLEND, FAMILIES
-from ml.schema import CATEGORICAL, DatasetSpec
+from ml.spec import config
+
+from ml.monitoring import drift
+
+from ml.training import evaluate, tune
+from ml.serving.artifact import library_versions, read_card, save_artifact
+from ml.training.data import Dataset, load_dataset, split
+from ml.training.pipeline import BLEND, FAMILIES
+from ml.spec.schema import CATEGORICAL, DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +214,7 @@ def sample_rows(X: pd.DataFrame, y: np.ndarray, most: int,
 def describe_model(family: str, params: dict[str, Any]) -> str:
     """The model in words for the card and the docs: the family, or a blend's members.
 
-    A blend's ``params`` are keyed by member family (see ml.pipeline.BLEND), so the
+    A blend's ``params`` are keyed by member family (see ml.training.pipeline.BLEND), so the
     readers of the card need not know that convention to say what was served.
     """
     if family == BLEND:

@@ -44,9 +44,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import ParameterGrid, StratifiedKFold
 
-from ml.evaluate import best_threshold, expected_cost
-from ml.pipeline import BLEND, FAMILIES, PARAM_GRIDS, build_model, build_pipeline
-from ml.schema import CostMatrix, DatasetSpec
+from ml.training.evaluate import best_threshold, expected_cost
+from ml.training.pipeline import BLEND, FAMILIES, PARAM_GRIDS, build_model, build_pipeline
+from ml.spec.schema import CostMatrix, DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ EPSILON = 1e-6
 class Candidate:
     """The best configuration of one model family, with its out-of-fold predictions.
 
-    For :data:`ml.pipeline.BLEND`, ``params`` maps each member family to its parameters
+    For :data:`ml.training.pipeline.BLEND`, ``params`` maps each member family to its parameters
     and ``n_configs`` counts the combinations of families that were scored.
     """
 

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml import config
-from ml.artifact import read_card, resolve
-from ml.schema import CATEGORICAL, DatasetSpec
+from ml.spec import config
+from ml.serving.artifact import read_card, resolve
+from ml.spec.schema import CATEGORICAL, DatasetSpec
 
 PLOTS = ("roc.png", "calibration.png", "confusion_matrix.png", "score_distribution.png")
 README_START = "<!-- model-card:start -->"
@@ -380,12 +380,12 @@ def compare_candidates(spec: DatasetSpec, parts: Any, seed: int = config.DEFAULT
 
     Args:
         spec: the dataset spec.
-        parts: a :class:`ml.data.Split`.
+        parts: a :class:`ml.training.data.Split`.
         seed: random seed.
         families: family → ``step__param`` overrides (default: a logistic regression
             and a 100-tree random forest, a few seconds in all).
     """
-    from ml.pipeline import build_pipeline
+    from ml.training.pipeline import build_pipeline
 
     families = families or {"logistic_regression": {"model__C": 0.1},
                             "random_forest": {"model__n_estimators": 100,
@@ -400,7 +400,7 @@ def compare_candidates(spec: DatasetSpec, parts: Any, seed: int = config.DEFAULT
 def candidate_table(y: np.ndarray, predictions: dict[str, np.ndarray],
                     spec: DatasetSpec) -> pd.DataFrame:
     """Per candidate: AUC, Brier, and the cost at its own best threshold and at Bayes'."""
-    from ml.evaluate import best_threshold, classification_metrics
+    from ml.training.evaluate import best_threshold, classification_metrics
 
     rows = []
     for name, p in predictions.items():
@@ -485,7 +485,7 @@ def plot_cost_curves(y: np.ndarray, predictions: dict[str, np.ndarray], spec: Da
     and the Bayes threshold for reference."""
     import matplotlib.pyplot as plt
 
-    from ml.evaluate import cost_curve, expected_cost
+    from ml.training.evaluate import cost_curve, expected_cost
 
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     y = np.asarray(y)

@@ -1,7 +1,7 @@
-/* Native tree walk for ml.fastpath: the sum over an ensemble's trees of the leaf each
+/* Native tree walk for ml.serving.fastpath: the sum over an ensemble's trees of the leaf each
  * row reaches.
  *
- * ml.fastpath packs a _TreeBank into a flat array of nodes (feature, threshold, left,
+ * ml.serving.fastpath packs a _TreeBank into a flat array of nodes (feature, threshold, left,
  * right; a leaf's children are itself) plus one float64 value per node, one root and
  * one depth per tree, and calls sum_leaves() with a C-contiguous matrix of rows. The tests are
  * sklearn's: go right when x > threshold (so NaN goes left), with float32 rows and
@@ -186,12 +186,12 @@ static PyMethodDef methods[] = {
     {"sum_leaves", sum_leaves, METH_VARARGS,
      "sum_leaves(nodes, values, roots, depths, x, width, out, wide): out[r] = sum over\n"
      "trees of the value of the leaf that row r of x reaches in depths[t] steps from\n"
-     "roots[t] (see ml/_treewalk.c)."},
+     "roots[t] (see ml/serving/_treewalk.c)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_treewalk", "Native tree walk for ml.fastpath.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_treewalk", "Native tree walk for ml.serving.fastpath.", -1, methods,
 };
 
 PyMODINIT_FUNC

@@ -28,7 +28,7 @@ What is compiled, and how sklearn 1.9 computes it (this module replicates each s
   averaged exactly like calibrated classifiers, so reason codes need nothing new.
 
 All trees of an ensemble are packed into flat arrays. When the C extension
-``ml/_treewalk.c`` is built (``pip install -e .`` compiles it; it is optional), each row
+``ml/serving/_treewalk.c`` is built (``pip install -e .`` compiles it; it is optional), each row
 walks every tree in C: about 2.5 µs per row of a 300-tree forest, for one request, its
 what-if rows and the batch scorer alike (whose threads walk in parallel: large walks
 release the GIL; a request's small ones keep it). Without it, the trees are
@@ -48,7 +48,8 @@ Anything this module does not know how to replicate exactly raises
 A compiled model holds numpy arrays and plain Python values only, and this module
 imports sklearn (to read fitted objects) and pandas (for frames) only when a function
 needs them. The trainer pickles the compiled model next to the sklearn one, so the API
-scores without ever importing sklearn, scipy or pandas (see :func:`ml.artifact.load_serving`).
+scores without ever importing sklearn, scipy or pandas (see
+:func:`ml.serving.artifact.load_serving`).
 """
 from __future__ import annotations
 
@@ -61,10 +62,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ml.artifact import ArtifactError
+from ml.serving.artifact import ArtifactError
 
-try:  # the C tree walk (ml/_treewalk.c), built by `pip install`; optional
-    from ml import _treewalk
+try:  # the C tree walk (ml/serving/_treewalk.c), built by `pip install`; optional
+    from ml.serving import _treewalk
 except ImportError:  # pragma: no cover - no C compiler at install: numpy walks instead
     _treewalk = None
 
@@ -103,7 +104,7 @@ def _sk() -> SimpleNamespace:
     """The sklearn classes that compiling reads, imported on the first compile only.
 
     Scoring never needs them: a server that loads a pickled :class:`FastModel` (see
-    :func:`ml.artifact.load_serving`) imports numpy, not sklearn, scipy or pandas.
+    :func:`ml.serving.artifact.load_serving`) imports numpy, not sklearn, scipy or pandas.
     """
     from sklearn.calibration import CalibratedClassifierCV, _SigmoidCalibration
     from sklearn.compose import ColumnTransformer
@@ -410,7 +411,7 @@ class _TreeBank:
         self.native = self._pack()
 
     def _pack(self) -> tuple[np.ndarray, ...] | None:
-        """The nodes laid out as ``ml/_treewalk.c`` reads them, with roots and depths."""
+        """The nodes laid out as ``ml/serving/_treewalk.c`` reads them, with roots and depths."""
         if _treewalk is None:
             return None  # pragma: no cover - only without the extension
         feature, threshold, left, right, value, starts = self.node

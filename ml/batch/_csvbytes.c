@@ -1,4 +1,4 @@
-/* Native CSV byte work for ml.score: field boundaries, cached cells, output lines.
+/* Native CSV byte work for ml.batch.score: field boundaries, cached cells, output lines.
  *
  * The batch scorer keeps each chunk of the input as bytes. Three loops over those bytes
  * cost more in numpy than the rest of the scorer outside the model, and are done here:
@@ -18,7 +18,7 @@
  *
  * Every offset read from the arguments is checked against the buffer it indexes, so
  * bad arrays raise ValueError instead of reading or writing outside memory. Only the
- * buffer protocol is used: no numpy headers are needed to build it. ml/score.py has a
+ * buffer protocol is used: no numpy headers are needed to build it. ml/batch/score.py has a
  * numpy version of each, used when this module is not built; the tests compare them.
  */
 #define PY_SSIZE_T_CLEAN
@@ -406,7 +406,7 @@ done:
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS,
      "split(block, ncols, starts, ends, line_end) -> records, or -1 if irregular:\n"
-     "field boundaries as (ncols, capacity) int64 arrays (see ml/_csvbytes.c)."},
+     "field boundaries as (ncols, capacity) int64 arrays (see ml/batch/_csvbytes.c)."},
     {"lookup", lookup, METH_VARARGS,
      "lookup(block, starts, lengths, keys, key_start, key_length, table, out) -> misses:\n"
      "out[i] = the index of the key equal to block[starts[i]:starts[i] + lengths[i]],\n"
@@ -420,7 +420,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_csvbytes", "Native CSV byte work for ml.score.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_csvbytes", "Native CSV byte work for ml.batch.score.", -1, methods,
 };
 
 PyMODINIT_FUNC

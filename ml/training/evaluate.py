@@ -18,7 +18,7 @@ from sklearn.metrics import (brier_score_loss, confusion_matrix, log_loss,
                              precision_recall_fscore_support, roc_auc_score)
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-from ml.schema import CATEGORICAL, CostMatrix, DatasetSpec, Feature
+from ml.spec.schema import CATEGORICAL, CostMatrix, DatasetSpec, Feature
 
 
 def expected_cost(y: np.ndarray, decline: np.ndarray, cost: CostMatrix) -> float:

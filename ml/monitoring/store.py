@@ -592,12 +592,12 @@ class PredictionStore:
 def outcomes_frame(rows: Iterable[dict[str, Any]], spec: Any) -> tuple[Any, Any]:
     """Labelled rows back to a validated-style frame (spec feature columns) and y (1 = bad).
 
-    Missing values become NaN like :func:`ml.data.validate_frame` makes them; the
+    Missing values become NaN like :func:`ml.training.data.validate_frame` makes them; the
     target is 1 where the outcome is the spec's positive class.
     """
     import numpy as np
 
-    from ml.predictor import records_to_frame
+    from ml.serving.predictor import records_to_frame
 
     rows = [r for r in rows if r.get("outcome") is not None]
     y = np.array([1 if r["outcome"] == spec.target.positive else 0 for r in rows],

@@ -10,7 +10,7 @@ of the labelled outcomes (``--holdout``, default 30 %), which neither model saw.
 Promotion rule: the challenger must lower the **expected cost per applicant** (the
 spec's cost matrix, at the card's threshold, the quantity the threshold was chosen to
 minimise) by at least ``--margin`` (default 0.005). Only then is it saved as a new
-version and ``LATEST`` moved to it (:func:`ml.artifact.save_artifact`). Either way a
+version and ``LATEST`` moved to it (:func:`ml.serving.artifact.save_artifact`). Either way a
 JSON report is written and printed.
 """
 from __future__ import annotations
@@ -26,10 +26,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from ml import config, evaluate, tune
-from ml.artifact import load_artifact, save_artifact
-from ml.data import Dataset, load_dataset, split
-from ml.train import TrainOptions, build_card
+from ml.spec import config
+
+from ml.training import evaluate, tune
+from ml.serving.artifact import load_artifact, save_artifact
+from ml.training.data import Dataset, load_dataset, split
+from ml.training.train import TrainOptions, build_card
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def retrain(model_dir: Path, rows: list[dict[str, Any]], data_path: Path = confi
     Returns:
         The report: rows used, both models' held-out metrics, the decision and why.
     """
-    from ml.store import outcomes_frame
+    from ml.monitoring.store import outcomes_frame
 
     champion = load_artifact(model_dir)
     card, spec = champion.card, champion.spec
@@ -127,7 +129,7 @@ def retrain(model_dir: Path, rows: list[dict[str, Any]], data_path: Path = confi
 def promote_challenger(model: Any, card: dict[str, Any], spec: Any, data: Dataset, parts: Any,
                        X_new: pd.DataFrame, y_new: np.ndarray, test: dict[str, Any],
                        report: dict[str, Any], root: Path) -> Path:
-    """Write the challenger as a new version with a full card (ml.train.build_card)."""
+    """Write the challenger as a new version with a full card (ml.training.train.build_card)."""
     X_all = pd.concat([data.X, X_new], ignore_index=True)
     y_all = np.concatenate([data.y, y_new])
     settings = card["model"]
@@ -156,7 +158,7 @@ def promote_challenger(model: Any, card: dict[str, Any], spec: Any, data: Datase
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m ml retrain``."""
-    from ml.monitor import add_window_arguments
+    from ml.monitoring.monitor import add_window_arguments
 
     add_window_arguments(parser)
     parser.add_argument("--data", type=Path, default=config.DEFAULT_DATA,
@@ -173,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read labelled outcomes from the store, retrain, compare, maybe promote, report."""
-    from ml.monitor import open_store
+    from ml.monitoring.monitor import open_store
 
     if not 0 <= args.holdout < 1:
         raise ValueError("--holdout must be in [0, 1)")

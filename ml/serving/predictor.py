@@ -1,6 +1,6 @@
 """The predictor: one object, shared by the API and the batch scorer, that answers for a model.
 
-``Predictor.load(path)`` takes the artifact's compiled model (:mod:`ml.fastpath`,
+``Predictor.load(path)`` takes the artifact's compiled model (:mod:`ml.serving.fastpath`,
 written and checked against sklearn on every training row by the trainer), so a server
 never imports sklearn, scipy or pandas; its :meth:`Predictor.self_test` re-scores the
 card's self-test record against the PD sklearn gave at training time.
@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ml.artifact import (Artifact, ArtifactError, has_serving_model, load_artifact,
-                         load_serving)
-from ml.fastpath import FastModel, check_against, compile_model
-from ml.schema import CATEGORICAL, DatasetSpec, Feature, validate_record
+from ml.serving.artifact import (Artifact, ArtifactError, has_serving_model, load_artifact,
+                                 load_serving)
+from ml.serving.fastpath import FastModel, check_against, compile_model
+from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature, validate_record
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -87,7 +87,7 @@ class Predictor:
         card: the model card.
         grades: the card's risk grades, ``{"grade", "max_pd", "label"}`` dicts.
         features: the model's input features, in the fast path's column order.
-        fast: the compiled :class:`ml.fastpath.FastModel`.
+        fast: the compiled :class:`ml.serving.fastpath.FastModel`.
     """
 
     def __init__(self, artifact: Artifact):
@@ -134,7 +134,7 @@ class Predictor:
 
     def predict(self, records: Sequence[dict[str, Any]],
                 reasons: bool = True) -> list[dict[str, Any]]:
-        """Score validated records (see :func:`ml.schema.validate_record`).
+        """Score validated records (see :func:`ml.spec.schema.validate_record`).
 
         Returns one dict per record: ``probability_of_default`` (float), ``decision``
         (``"approve"``/``"decline"``), ``risk_grade`` and, unless ``reasons`` is false,
@@ -170,7 +170,7 @@ class Predictor:
     # ------------------------------------------------------------------ batches
 
     def predict_frame(self, X: pd.DataFrame, reasons: bool = True) -> pd.DataFrame:
-        """Score a validated frame (as :func:`ml.data.load_dataset` makes), vectorised.
+        """Score a validated frame (as :func:`ml.training.data.load_dataset` makes), vectorised.
 
         Returns a frame on ``X``'s index with ``probability_of_default``, ``decision``,
         ``risk_grade`` and ``reason_1`` … ``reason_4`` (feature names, ``""`` if none).
@@ -179,7 +179,7 @@ class Predictor:
         return self.to_frame(scores, index=X.index)
 
     def score_raw(self, raw: np.ndarray, reasons: bool = True) -> Scores:
-        """Score a raw matrix laid out as :attr:`features` (see :mod:`ml.fastpath`)."""
+        """Score a raw matrix laid out as :attr:`features` (see :mod:`ml.serving.fastpath`)."""
         if reasons:
             what_if = self.fast.predict_raw(raw, self._baseline)
             return self._scores(what_if[:, 0], what_if)

@@ -6,7 +6,7 @@ Layout::
       LATEST                      # the version name of the newest artifact (a stable pointer)
       <version>/
         model.joblib              # the fitted sklearn estimator, pickled whole
-        fast_model.pkl            # the same model compiled to numpy arrays (ml.fastpath)
+        fast_model.pkl            # the same model compiled to numpy arrays (ml.serving.fastpath)
         model_card.json           # everything about it, including both files' SHA-256
         plots/*.png
 
@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ml.schema import DatasetSpec
+from ml.spec.schema import DatasetSpec
 
 MODEL_FILE = "model.joblib"
 FAST_FILE = "fast_model.pkl"
@@ -50,7 +50,7 @@ class Artifact:
     """A loaded, verified model with its card and spec.
 
     ``model`` is the sklearn estimator (``None`` when loaded for serving) and ``fast``
-    the compiled :class:`ml.fastpath.FastModel` (``None`` when not loaded).
+    the compiled :class:`ml.serving.fastpath.FastModel` (``None`` when not loaded).
     """
 
     model: Any
@@ -138,9 +138,9 @@ def has_serving_model(path: str | Path) -> bool:
     """Whether the artifact at ``path`` carries a compiled model this code can read.
 
     Older artifacts have none, and one compiled with another layout
-    (:data:`ml.fastpath.FORMAT`) would be misread.
+    (:data:`ml.serving.fastpath.FORMAT`) would be misread.
     """
-    from ml.fastpath import FORMAT
+    from ml.serving.fastpath import FORMAT
 
     sealed = read_card(path).get("artifact", {})
     return bool(sealed.get("fast_file")) and sealed.get("fast_format") == FORMAT
@@ -195,7 +195,7 @@ def save_artifact(model: Any, card: dict[str, Any], root: str | Path,
                   update_latest: bool = True, check_frame: Any = None) -> Path:
     """Write ``model``, its compiled form and ``card`` to ``root/<card['version']>/``.
 
-    The model is compiled with :func:`ml.fastpath.compile_model` and, when
+    The model is compiled with :func:`ml.serving.fastpath.compile_model` and, when
     ``check_frame`` is given, checked against sklearn on every row of it (|Δ| ≤ 1e-9).
     The card is completed with both files' names and SHA-256. ``LATEST`` is then
     moved to the new version atomically, so a server reading it never sees half a name.
@@ -204,7 +204,7 @@ def save_artifact(model: Any, card: dict[str, Any], root: str | Path,
 
     import joblib
 
-    from ml.fastpath import FORMAT, check_against, compile_model
+    from ml.serving.fastpath import FORMAT, check_against, compile_model
 
     fast = compile_model(model)
     if check_frame is not None:

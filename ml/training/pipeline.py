@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from ml.schema import DatasetSpec
+from ml.spec.schema import DatasetSpec
 
 MISSING_CATEGORY = "__missing__"
 
@@ -96,7 +96,7 @@ def build_blend(spec: DatasetSpec, seed: int, members: dict[str, dict[str, Any]]
     """A soft vote of one full pipeline per member family: the mean of their P(default).
 
     Unweighted on purpose: weights would be one more thing to tune on the few hundred
-    rows the search has, and the mean is what the search scored (see ml.tune).
+    rows the search has, and the mean is what the search scored (see ml.training.tune).
 
     Args:
         spec: the dataset spec (every member gets its own preprocessing of it).

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ml.schema import CATEGORICAL, DatasetSpec
+from ml.spec.schema import CATEGORICAL, DatasetSpec
 
 MISSING = "__missing__"
 STABLE, WATCH = 0.10, 0.25

@@ -1,14 +1,14 @@
 """Batch scoring: a portfolio CSV in, the same rows with their scores out, at CSV speed.
 
 ``python -m ml score --model DIR in.csv out.csv`` streams the input in chunks, scores
-each valid row with the same :class:`ml.predictor.Predictor` the API uses, and writes
+each valid row with the same :class:`ml.serving.predictor.Predictor` the API uses, and writes
 each input line unchanged followed by ``probability_of_default`` (12 decimals),
 ``decision``, ``risk_grade`` and ``reason_1`` … ``reason_4`` (feature names, empty when
 there are fewer reasons or with ``--no-reasons``). Rows that cannot be scored (unknown
 category, not a number, out of range, missing where the spec forbids it, wrong number
 of fields) go to ``<out>.errors.csv`` with their row and line numbers and the problem,
-and scoring carries on. Cells are read as :func:`ml.data.read_raw` reads them and
-converted by :func:`ml.data.convert_column`, so raw CSV spellings and codes both work.
+and scoring carries on. Cells are read as :func:`ml.training.data.read_raw` reads them and
+converted by :func:`ml.training.data.convert_column`, so raw CSV spellings and codes both work.
 
 Why not ``pandas.read_csv(chunksize=…)`` / ``to_csv``: on the 2-vCPU nodes this runs
 on they manage about 250k and 140k rows/s on their own (a Python string per cell, a
@@ -17,7 +17,7 @@ rows/s. Here a chunk stays bytes: the field boundaries (commas and newlines outs
 quotes) are found in one pass, each feature cell is looked up by its bytes in its
 column's cache, only cells not seen before in the file become strings and go through
 ``convert_column``, and the output is the input bytes with the score columns inserted
-before each line end. Those three loops over bytes run in C (``ml/_csvbytes.c``) when
+before each line end. Those three loops over bytes run in C (``ml/batch/_csvbytes.c``) when
 it is built, else in numpy (cells grouped by hashing their bytes in 8-byte words,
 every cell then checked word for word against its group, so a hash collision can only
 cost speed); both write the same bytes. A chunk the fast tokenizer does not accept
@@ -44,12 +44,12 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from ml.data import MISSING_TOKENS, convert_column
-from ml.predictor import OUTPUT_COLUMNS, Predictor, Scores
-from ml.schema import CATEGORICAL, Feature
+from ml.training.data import MISSING_TOKENS, convert_column
+from ml.serving.predictor import OUTPUT_COLUMNS, Predictor, Scores
+from ml.spec.schema import CATEGORICAL, Feature
 
-try:  # the C byte work (ml/_csvbytes.c), built by `pip install`; optional
-    from ml import _csvbytes
+try:  # the C byte work (ml/batch/_csvbytes.c), built by `pip install`; optional
+    from ml.batch import _csvbytes
 except ImportError:  # pragma: no cover - the tests run the numpy versions by hiding it
     _csvbytes = None
 
@@ -713,7 +713,7 @@ class _ColumnCache:
 
 
 class _CellIndex:
-    """The keys of a :class:`_ColumnCache` as a hash table that ``ml/_csvbytes.c`` probes.
+    """The keys of a :class:`_ColumnCache` as a hash table that ``ml/batch/_csvbytes.c`` probes.
 
     Key ``i`` (the cache's slot ``i``) is ``keys[start[i]:start[i] + length[i]]``; the
     table holds key indices (-1: empty) and is kept at most half full.
@@ -845,7 +845,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score from parsed CLI arguments; prints the summary; 0 if every row was scored."""
-    from ml import config
+    from ml.spec import config
 
     summary = score_csv(args.model or config.models_dir(), args.input, args.output,
                         chunksize=args.chunksize, progress=not args.no_progress,
@@ -859,7 +859,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ml.score`` (the same as ``python -m ml score``)."""
+    """``python -m ml.batch.score`` (the same as ``python -m ml score``)."""
     parser = argparse.ArgumentParser(prog="python -m ml score", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
