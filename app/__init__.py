@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from app import api, errors, fastlane, logs, metrics, model, monitoring, swagger, web
+from app import api, errors, logs, metrics, model, monitoring, swagger, web
 from app.config import load_config
 
 
@@ -36,5 +36,4 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     monitoring.init_app(app)  # prediction store, POST /feedback, GET /monitoring
     web.init_app(app)  # the HTML form at /
     swagger.init_app(app)
-    fastlane.init_app(app)  # last: valid predictions answered below Flask
     return app

@@ -66,9 +66,6 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
     "MAX_CONTENT_LENGTH": (2 * MIB, _positive_int, "Largest request body in bytes (else 413)"),
     "LOG_FEATURES": (False, parse_bool, "Also log the applicants' feature values "
                                         "(personal data: off by default)"),
-    "FAST_LANE": (True, parse_bool, "Answer valid POST /predict requests below Flask "
-                                    "(app/fastlane.py: the same answer, log line, metrics "
-                                    "and stored rows, at ~1.5x the throughput)"),
     "MAX_REASONS": (4, _positive_int, "Most reason codes returned per applicant"),
     "DATABASE_URL": (None, str, "SQLAlchemy URL of the prediction store, e.g. "
                                 "postgresql+psycopg://user:pw@host:5432/db (default: "

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Over-long bodies up to this size are read and dropped before the 413 is sent.
 DRAIN_LIMIT = 16 * 1024 * 1024
-# What a bug answers (no traceback, no detail): Flask's handler and app.fastlane alike.
+# What a bug answers (no traceback, no detail).
 UNEXPECTED = "The server could not process the request."
 
 

@@ -12,8 +12,7 @@ module's ``init_app``::
 Receivers get the app as sender and keyword arguments ``request_id``, ``records``
 (validated applicants), ``results`` (one dict per applicant), ``model_name``,
 ``model_version`` and ``batch``; they run inside the request, after the prediction,
-and may return a dict of fields for the request's log line. They must not rely on a
-Flask request or app context: :mod:`app.fastlane` answers most predictions below Flask.
+and may return a dict of fields for the request's log line.
 """
 from __future__ import annotations
 
