@@ -4,38 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from app import create_app
+from helpers import SECRET, assert_error, metric_value
 
-ERROR_KEYS = {"error", "message", "details"}
-SECRET = 987654321  # a value that must never come back in an error
-
-
-@pytest.fixture(scope="module")
-def app(trained_model_dir):  # noqa: F811
-    return create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True,
-                       "MAX_BATCH": 5, "MAX_CONTENT_LENGTH": 64 * 1024})
-
-
-def assert_error(response, status):
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert set(body) == ERROR_KEYS
-    assert isinstance(body["message"], str) and body["message"]
-    assert all(set(d) == {"field", "problem"} for d in body["details"])
-    assert str(SECRET) not in response.get_data(as_text=True)
-    return body
-
-
-def metric_value(client, metric, **labels):
-    text = client.get("/metrics").get_data(as_text=True)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == metric and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
+pytestmark = pytest.mark.app_settings(MAX_BATCH=5, MAX_CONTENT_LENGTH=64 * 1024)
 
 
 # --------------------------------------------------------------------------- endpoints

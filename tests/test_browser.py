@@ -3,15 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from app import create_app
-from conftest import browser_or_skip
+from helpers import browser_or_skip
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def app(trained_model_dir):
-    return create_app({"MODEL_DIR": str(trained_model_dir)})
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.app_settings(TESTING=False)]
 
 
 def test_try_it_out_on_predict_shows_200(browser, live_url):

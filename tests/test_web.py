@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app, services, web
+from app import services, web
 from ml.spec.config import PROJECT_ROOT
 from ml.spec.schema import CATEGORICAL, example_record
 
 SCREENSHOT = PROJECT_ROOT / "docs" / "img" / "form.png"
-
-
-@pytest.fixture(scope="module")
-def app(trained_model_dir):  # noqa: F811
-    return create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True})
 
 
 @pytest.fixture(scope="module")
@@ -230,8 +225,8 @@ def test_submission_never_echoes_markup(client, example_form):
     assert "<script>x" not in response.get_data(as_text=True)
 
 
-def test_without_a_model_the_form_answers_a_503_page(tmp_path, example_form):
-    client = create_app({"MODEL_DIR": str(tmp_path), "TESTING": True}).test_client()
+def test_without_a_model_the_form_answers_a_503_page(make_app, tmp_path, example_form):
+    client = make_app(MODEL_DIR=str(tmp_path)).test_client()
     for response in (client.get("/"), client.post("/", data=example_form)):
         assert response.status_code == 503
         assert response.mimetype == "text/html"
