@@ -3,8 +3,9 @@
 Feedback labels a stored prediction with what happened (the spec's target values, e.g.
 ``good`` / ``bad``); it is idempotent: the same outcome again answers 200 unchanged, a
 different one 409. Monitoring computes drift and performance for a window of stored
-predictions (:func:`ml.monitoring.monitor.build_report`) and publishes the headline figures as
-Prometheus gauges, which the alert rules in ``monitoring/alerts.yml`` watch.
+predictions (:func:`ml.monitoring.report.build_report`, numpy only: no scikit-learn, scipy
+or pandas in a worker) and publishes the headline figures as Prometheus gauges, which the
+alert rules in ``monitoring/alerts.yml`` watch.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from app import logs, services, store
 from app.errors import APIError
 from app.model import get_predictor
 from app.store import get_store
+from ml.monitoring.report import build_report
 from ml.monitoring.store import STORE_ERRORS, StoreUnavailable
 
 bp = Blueprint("monitoring", __name__)
@@ -146,8 +148,6 @@ def feedback() -> Response:
 @bp.get("/monitoring")
 def monitoring() -> Response:
     """Drift and performance of a window of stored predictions (``?last=N`` or ``?days=D``)."""
-    from ml.monitoring.monitor import build_report
-
     predictor = get_predictor()
     config = current_app.config
     window = parse_window(request.args, config["MONITORING_LAST"], config["MONITORING_MAX_ROWS"])

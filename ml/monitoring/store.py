@@ -589,22 +589,6 @@ class PredictionStore:
         self._engine, self._ready = None, False
 
 
-def outcomes_frame(rows: Iterable[dict[str, Any]], spec: Any) -> tuple[Any, Any]:
-    """Labelled rows back to a validated-style frame (spec feature columns) and y (1 = bad).
-
-    Missing values become NaN like :func:`ml.training.data.validate_frame` makes them; the
-    target is 1 where the outcome is the spec's positive class.
-    """
-    import numpy as np
-
-    from ml.serving.predictor import records_to_frame
-
-    rows = [r for r in rows if r.get("outcome") is not None]
-    y = np.array([1 if r["outcome"] == spec.target.positive else 0 for r in rows],
-                 dtype=np.int64)
-    return records_to_frame([r["features"] for r in rows], spec), y
-
-
 def flush_all(timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:
     """Write what every store of this process has queued (a graceful exit calls this:
     gunicorn's ``worker_exit`` hook and ``atexit``). False if ``timeout`` ran out."""
