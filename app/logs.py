@@ -124,8 +124,8 @@ def new_request_id() -> str:
 
     Time first, like a UUIDv7: ids sort by time, and the prediction store's index on
     ``request_id`` grows at its end instead of at random places, so a group commit
-    rewrites a few index pages instead of one per row (the SQLite writer's CPU per row
-    fell by ~20 %). 80 random bits keep an id unguessable: feedback is addressed by it.
+    rewrites a few index pages instead of one per row (less writer CPU per row, see
+    ``docs/design.md``). 80 random bits keep an id unguessable: feedback is addressed by it.
     """
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
@@ -201,8 +201,8 @@ def _write_request_line(level: int, fields: dict[str, Any]) -> None:
     """The request's line, as :class:`JsonFormatter` would write it, straight to stdout.
 
     The one line every request writes skips the logging machinery (a ``LogRecord``, the
-    handler's lock and formatter: ~40 µs, against ~12 µs for this); it still obeys the
-    level of the ``app.request`` logger. One ``write`` of the whole line, then a flush,
+    handler's lock and formatter cost several times this); it still obeys the level of
+    the ``app.request`` logger. One ``write`` of the whole line, then a flush,
     so lines from other threads never interleave with it and none wait in a buffer.
     """
     line = json_line(time.time(), logging.getLevelName(level), log.name, "request",
