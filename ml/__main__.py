@@ -9,7 +9,7 @@ import importlib
 import logging
 import sys
 
-from ml.serving.artifact import ArtifactError
+from ml.serving.errors import ArtifactError
 from ml.training.data import DataError
 from ml.spec.schema import SpecError
 
@@ -21,6 +21,9 @@ COMMANDS = {
     "monitor": ("ml.monitoring.monitor", "drift and outcome report of the prediction store"),
     "retrain": ("ml.training.retrain",
                 "train a challenger with fed-back outcomes; promote if better"),
+    "resign": ("ml.training.publish",
+               "a new signed version of an artifact with a new threshold or grade table"),
+    "keygen": ("ml.training.keygen", "generate an Ed25519 key pair for signing artifacts"),
 }
 
 

@@ -597,7 +597,7 @@ def outcomes_frame(rows: Iterable[dict[str, Any]], spec: Any) -> tuple[Any, Any]
     """
     import numpy as np
 
-    from ml.serving.predictor import records_to_frame
+    from ml.training.data import records_to_frame
 
     rows = [r for r in rows if r.get("outcome") is not None]
     y = np.array([1 if r["outcome"] == spec.target.positive else 0 for r in rows],

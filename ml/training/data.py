@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from ml.serving.artifact import sha256_of
+from ml.serving.signing import sha256_of
 from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature
 
 MISSING_TOKENS = ("", "na", "n/a", "nan", "null", "?")
@@ -163,3 +164,16 @@ def split(data: Dataset, seed: int, val_size: float = 0.2, test_size: float = 0.
         X_rest, y_rest, test_size=val_size / (1 - test_size), stratify=y_rest,
         random_state=seed)
     return Split(X_train, y_train, X_val, y_val, X_test, y_test)
+
+
+def records_to_frame(records: Sequence[dict[str, Any]], spec: DatasetSpec) -> pd.DataFrame:
+    """Records as a validated frame (codes as object with NaN, numbers as float64)."""
+    columns = {}
+    for f in spec.features:
+        values = [r.get(f.name) for r in records]
+        if f.kind == CATEGORICAL:
+            columns[f.name] = pd.Series([np.nan if v is None else v for v in values],
+                                        dtype=object)
+        else:
+            columns[f.name] = pd.Series(np.array(values, dtype=np.float64))
+    return pd.DataFrame(columns)
