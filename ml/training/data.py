@@ -12,7 +12,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from ml.serving.signing import sha256_of
 from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature
@@ -158,6 +157,10 @@ def _convert_target(raw: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray | 
 
 def split(data: Dataset, seed: int, val_size: float = 0.2, test_size: float = 0.2) -> Split:
     """Stratified train / validation / test split with a fixed seed (60/20/20 by default)."""
+    # Imported here: the batch scorer reads data.py's cell rules and must not pay sklearn's
+    # import (seconds) to score ten rows.
+    from sklearn.model_selection import train_test_split
+
     X_rest, X_test, y_rest, y_test = train_test_split(
         data.X, data.y, test_size=test_size, stratify=data.y, random_state=seed)
     X_train, X_val, y_train, y_val = train_test_split(
