@@ -8,9 +8,14 @@ ENV ?= prod
 IMAGE ?= credit-risk-api
 TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 DEB_PACKAGES := chromium chromium-driver postgresql prometheus wrk
+# Artifacts are signed (docs/deploy.md, "Signing"): locally with a development key pair under
+# .keys/ (gitignored, made by `make dev-keys`); set both variables to use another key.
+DEV_KEYS := $(CURDIR)/.keys
+export MODEL_SIGNING_KEY_FILE ?= $(DEV_KEYS)/signing.pem
+export MODEL_TRUSTED_KEYS ?= $(DEV_KEYS)/trusted
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev system-deps train api run test lint bench docker-build deploy clean
+.PHONY: help install install-dev system-deps dev-keys train api run test lint bench docker-build deploy clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -40,13 +45,17 @@ system-deps: ## Install the Debian packages the tests need (chromium, postgresql
 	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; fi; \
 	fi
 
-train: install ## Train, evaluate and publish a model artifact under models/
+dev-keys: install ## Generate the development signing key pair under .keys/ if there is none
+	@if [ "$(MODEL_SIGNING_KEY_FILE)" = "$(DEV_KEYS)/signing.pem" ] && [ ! -f "$(DEV_KEYS)/signing.pem" ]; then \
+	  $(PY) -m ml keygen --private "$(DEV_KEYS)/signing.pem" --public "$(DEV_KEYS)/trusted/dev.pub"; fi
+
+train: install dev-keys ## Train, evaluate, sign and publish a model artifact under models/
 	$(PY) -m ml train
 
 api: install ## Serve the latest artifact with gunicorn on :$(PORT)
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
 
-run: install ## Train the default model if none exists, then serve on :$(PORT) (Swagger at /apidocs)
+run: install dev-keys ## Train the default model if none exists, then serve on :$(PORT) (Swagger at /apidocs)
 	@test -f models/LATEST || $(PY) -m ml train
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
 

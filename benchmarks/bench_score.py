@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.serving.artifact import library_versions, save_artifact
+from ml.serving.artifact import library_versions
 from ml.spec.config import DEFAULT_DATA, DEFAULT_SPEC
 from ml.training.data import load_dataset, validate_frame
 from ml.training.pipeline import build_pipeline
+from ml.training.publish import load_artifact, save_artifact
 from ml.serving.predictor import Predictor
 from ml.spec.schema import CATEGORICAL, DatasetSpec
 from ml.batch.score import score_csv
@@ -68,7 +69,7 @@ def naive(predictor: Predictor, src: Path, out: Path) -> float:
     start = time.perf_counter()
     frame = pd.read_csv(src, dtype=str, keep_default_na=False, skipinitialspace=True)
     X, _ = validate_frame(frame, predictor.spec, require_target=False)
-    p = predictor.artifact.model.predict_proba(X)[:, 1]
+    p = load_artifact(predictor.artifact.path).model.predict_proba(X)[:, 1]
     frame["probability_of_default"] = p
     frame["decision"] = np.where(p >= predictor.threshold, "decline", "approve")
     frame["risk_grade"] = [predictor.grade(v) for v in p]
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = args.model or make_model(tmp / "models")
-        predictor = Predictor.load(model_dir, sklearn=True)
+        predictor = Predictor.load(model_dir)
         src = tmp / "portfolio.csv"
         make_portfolio(src, args.rows)
         size = src.stat().st_size

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.serving.artifact import library_versions, save_artifact
+from ml.serving.artifact import library_versions
+from ml.training.compile import score_frame
+from ml.training.publish import save_artifact
 from ml.spec.config import DEFAULT_DATA
 from ml.training.data import load_dataset, read_raw
 from ml.training.pipeline import build_pipeline
@@ -64,7 +66,7 @@ def score(predictor, src, out, **kwargs):
 
 def expected_scores(predictor, spec, raw_frame) -> pd.DataFrame:
     data = load_dataset_from_frame(raw_frame, spec)
-    return predictor.predict_frame(data)
+    return score_frame(predictor, data)
 
 
 def load_dataset_from_frame(raw_frame, spec):

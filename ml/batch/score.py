@@ -82,7 +82,7 @@ def score_csv(model_dir: str | Path, in_csv: str | Path, out_csv: str | Path,
         ``{"rows", "scored", "rejected", "seconds", "rows_per_second", "output",
         "errors"}``; ``errors`` is ``None`` when no row was rejected (no file is left).
     """
-    predictor = predictor or Predictor.load(model_dir, sklearn=True)
+    predictor = predictor or Predictor.load(model_dir)
     start = time.perf_counter()  # scoring time: loading the model is not throughput
     in_csv, out_csv = Path(in_csv), Path(out_csv)
     errors_path = out_csv.with_name(out_csv.name + ".errors.csv")
@@ -303,7 +303,7 @@ class _Chunker:
                     good_rows.append(g)
                 g += 1
         scores = self.predictor.score_raw(raw[good_rows], reasons=self.reasons)
-        frame = self.predictor.to_frame(scores)
+        frame = pd.DataFrame(self.predictor.output_columns(scores))
         digits = _pd_digits(scores.probability)
         frame["probability_of_default"] = [bytes(d[1:]).decode() for d in digits]
         out = io.StringIO()

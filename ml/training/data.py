@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
-from ml.serving.artifact import sha256_of
+from ml.serving.signing import sha256_of
 from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature
 
 MISSING_TOKENS = ("", "na", "n/a", "nan", "null", "?")
@@ -157,9 +157,26 @@ def _convert_target(raw: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray | 
 
 def split(data: Dataset, seed: int, val_size: float = 0.2, test_size: float = 0.2) -> Split:
     """Stratified train / validation / test split with a fixed seed (60/20/20 by default)."""
+    # Imported here: the batch scorer reads data.py's cell rules and must not pay sklearn's
+    # import (seconds) to score ten rows.
+    from sklearn.model_selection import train_test_split
+
     X_rest, X_test, y_rest, y_test = train_test_split(
         data.X, data.y, test_size=test_size, stratify=data.y, random_state=seed)
     X_train, X_val, y_train, y_val = train_test_split(
         X_rest, y_rest, test_size=val_size / (1 - test_size), stratify=y_rest,
         random_state=seed)
     return Split(X_train, y_train, X_val, y_val, X_test, y_test)
+
+
+def records_to_frame(records: Sequence[dict[str, Any]], spec: DatasetSpec) -> pd.DataFrame:
+    """Records as a validated frame (codes as object with NaN, numbers as float64)."""
+    columns = {}
+    for f in spec.features:
+        values = [r.get(f.name) for r in records]
+        if f.kind == CATEGORICAL:
+            columns[f.name] = pd.Series([np.nan if v is None else v for v in values],
+                                        dtype=object)
+        else:
+            columns[f.name] = pd.Series(np.array(values, dtype=np.float64))
+    return pd.DataFrame(columns)
