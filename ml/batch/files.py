@@ -51,11 +51,14 @@ class Batch:
         rows: each record's 1-based number in the file (rejected records count).
         rejected: records the reader could not take: (row, problem, cells as read,
             or the raw record text when its fields could not be told apart).
+        position: how far the file has been read (bytes of a CSV, rows of a Parquet
+            file), for the progress bar.
     """
 
     table: pa.RecordBatch
     rows: np.ndarray
     rejected: list[tuple[int, str, Any]] = field(default_factory=list)
+    position: int = 0
 
 
 class CsvSource:
@@ -101,10 +104,6 @@ class CsvSource:
                              f"has {row.expected_columns}", row.text))
         return "skip"
 
-    def position(self) -> int:
-        """Bytes of the file read so far (the progress bar's)."""
-        return self._file.tell()
-
     def __iter__(self) -> Iterator[Batch]:
         while True:
             try:
@@ -134,7 +133,7 @@ class CsvSource:
         rows = np.setdiff1d(np.arange(self._read + 1, end + 1), taken, assume_unique=True)
         self._read = end
         batch, rows, rejected = utf8_checked(table, rows)
-        return Batch(batch, rows, [*ragged, *rejected])
+        return Batch(batch, rows, [*ragged, *rejected], self._file.tell())
 
     def close(self) -> None:
         self._reader.close()
@@ -153,15 +152,11 @@ class ParquetSource:
         self.chunksize = max(1, chunksize)
         self._read = 0
 
-    def position(self) -> int:
-        """Rows read so far (the progress bar's)."""
-        return self._read
-
     def __iter__(self) -> Iterator[Batch]:
         for table in self._file.iter_batches(batch_size=self.chunksize):
             rows = np.arange(self._read + 1, self._read + table.num_rows + 1)
             self._read += table.num_rows
-            yield Batch(*utf8_checked(table, rows))
+            yield Batch(*utf8_checked(table, rows), position=self._read)
 
     def close(self) -> None:
         self._file.close()

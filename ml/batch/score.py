@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from queue import Full, Queue
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -94,9 +97,10 @@ def _run(scorer: "_Scorer", reader: Any, sink: Sink, errors: ErrorLog,
     with threadpool_limits(limits=1, user_api="blas"), \
             ThreadPoolExecutor(1, thread_name_prefix="write") as writer, \
             tqdm(total=reader.total, unit=unit, unit_scale=True, desc="scoring",
-                 file=sys.stderr, disable=not progress) as bar:
+                 file=sys.stderr, disable=not progress) as bar, \
+            closing(_prefetched(reader)) as batches:
         pending: Future | None = None
-        for batch in reader:
+        for batch in batches:
             table, rejected = scorer.score(batch)
             if pending is not None:
                 pending.result()
@@ -104,11 +108,54 @@ def _run(scorer: "_Scorer", reader: Any, sink: Sink, errors: ErrorLog,
             errors.write(rejected)
             rows += table.num_rows + len(rejected)
             scored += table.num_rows
-            bar.update(reader.position() - bar.n)
+            bar.update(batch.position - bar.n)
             bar.set_postfix(rows=rows, rejected=rows - scored, refresh=False)
         if pending is not None:
             pending.result()
     return rows, scored
+
+
+def _prefetched(batches: Iterable[Batch], depth: int = 2) -> Iterator[Batch]:
+    """``batches``, read on a thread of their own up to ``depth`` ahead.
+
+    pyarrow parses without the GIL, so the next batch is read while this one is
+    converted and scored (the reader itself runs single-threaded: see
+    :class:`ml.batch.files.CsvSource`).
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[Batch | None, BaseException | None]) -> bool:
+        while not stop.is_set():  # the consumer may have given up: do not block then
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                if not put((batch, None)):
+                    return
+            put((None, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((None, exc))
+
+    thread = threading.Thread(target=read, name="read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = queue.get()
+            if error is not None:
+                raise error
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _Scorer:
