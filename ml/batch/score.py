@@ -39,7 +39,7 @@ from ml.spec.cells import problem_text
 
 
 def score_file(model_dir: str | Path | None, source: str | Path, output: str | Path,
-               chunksize: int = 50_000, progress: bool = True, reasons: bool = True,
+               chunksize: int = 25_000, progress: bool = True, reasons: bool = True,
                predictor: Predictor | None = None, input_format: str | None = None,
                output_format: str | None = None) -> dict[str, Any]:
     """Score every record of ``source`` into ``output``; bad ones go to ``<output>.errors.csv``.
@@ -247,7 +247,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="format of both files (default: from their extensions)")
     parser.add_argument("--input-format", choices=("csv", "parquet"), default=None)
     parser.add_argument("--output-format", choices=("csv", "parquet"), default=None)
-    parser.add_argument("--chunksize", type=int, default=50_000, help="records per batch")
+    parser.add_argument("--chunksize", type=int, default=25_000, help="records per batch")
     parser.add_argument("--no-reasons", action="store_true",
                         help="leave reason_1..4 empty (several times faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
