@@ -447,3 +447,34 @@ def test_batch_scoring_loads_no_training_library(model_dir, tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_output_never_overwrites_the_input(predictor, raw, tmp_path):
+    raw.head(3).to_csv(tmp_path / "in.csv", index=False)
+    with pytest.raises(ValueError, match="overwrite the input"):
+        score(predictor, tmp_path / "in.csv", tmp_path / "in.csv")
+    assert len(read_out(tmp_path / "in.csv")) == 3
+
+
+def test_parquet_columns_csv_cannot_hold_give_a_clear_error(predictor, raw, tmp_path):
+    table = pa.Table.from_pandas(raw.head(5), preserve_index=False)
+    nested = table.append_column("tags", pa.array([[1, 2]] * 5))
+    pq.write_table(nested, tmp_path / "nested.parquet")
+    with pytest.raises(ValueError, match="cannot write out.csv"):
+        score(predictor, tmp_path / "nested.parquet", tmp_path / "out.csv")
+    assert score(predictor, tmp_path / "nested.parquet", tmp_path / "out.parquet")["scored"] == 5
+    listed = table.set_column(table.schema.get_field_index("purpose"), "purpose",
+                              pa.array([["car"]] * 5))
+    pq.write_table(listed, tmp_path / "listed.parquet")
+    with pytest.raises(ValueError, match="column 'purpose' holds list"):
+        score(predictor, tmp_path / "listed.parquet", tmp_path / "out.parquet")
+
+
+def test_bad_utf8_in_a_large_string_parquet_column_rejects_its_row(predictor, raw, tmp_path):
+    table = pa.Table.from_pandas(raw.head(4), preserve_index=False)
+    note = pa.Array.from_buffers(pa.large_string(), 4, [
+        None, pa.py_buffer(np.array([0, 2, 4, 5, 7], np.int64)), pa.py_buffer(b"okok\xffok")])
+    pq.write_table(table.append_column("note", note), tmp_path / "in.parquet")
+    summary = score(predictor, tmp_path / "in.parquet", tmp_path / "out.parquet")
+    assert (summary["rows"], summary["scored"]) == (4, 3)
+    assert read_out(Path(summary["errors"]))["row"].tolist() == ["3"]

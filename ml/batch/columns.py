@@ -65,13 +65,17 @@ class ColumnReader:
                                                  or pa.types.is_floating(kind)
                                                  or pa.types.is_decimal(kind)):
             return self._numbers(column)
-        if not pa.types.is_dictionary(kind):
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-                column = pc.cast(column, pa.string())
-            column = pc.dictionary_encode(column)
-        distinct = column.dictionary
-        if not pa.types.is_string(distinct.type):
-            distinct = pc.cast(distinct, pa.string())
+        try:
+            if not pa.types.is_dictionary(kind):
+                if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                    column = pc.cast(column, pa.string())
+                column = pc.dictionary_encode(column)
+            distinct = column.dictionary
+            if not pa.types.is_string(distinct.type):
+                distinct = pc.cast(distinct, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise ValueError(f"column {self.feature.source_column!r} holds {kind} values, "
+                             "which cannot be read as text or numbers") from None
         values, problems = self._distinct(distinct.to_pylist())
         # Null cells (a Parquet file's) point one past the distinct cells: "missing".
         indices = to_numpy(pc.cast(column.indices, pa.int64()), np.int64, fill=len(values))

@@ -87,9 +87,6 @@ class CsvSource:
                 newlines_in_values=True, invalid_row_handler=lambda row: "skip")), self.path)
         names = probe.schema.names
         probe.close()
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"the input's header names columns {twice} more than once")
         return names
 
     def _block_size(self, chunksize: int) -> int:
@@ -168,7 +165,12 @@ def open_source(path: Path, kind: str, chunksize: int) -> CsvSource | ParquetSou
         raise FileNotFoundError(f"no input file {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"the input {path.name} is empty (not even a header)")
-    return (CsvSource if kind == "csv" else ParquetSource)(path, chunksize)
+    source = (CsvSource if kind == "csv" else ParquetSource)(path, chunksize)
+    twice = sorted({n for n in source.names if source.names.count(n) > 1})
+    if twice:
+        source.close()
+        raise ValueError(f"the input's header names columns {twice} more than once")
+    return source
 
 
 def utf8_checked(table: pa.RecordBatch,
@@ -184,14 +186,15 @@ def utf8_checked(table: pa.RecordBatch,
     except pa.ArrowInvalid:
         pass
     bad = np.zeros(table.num_rows, dtype=bool)
+    cells = []
     for column in table.columns:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            for i, cell in enumerate(column.view(pa.binary()).to_pylist()):
-                if cell is not None and not _is_utf8(cell):
-                    bad[i] = True
-    cells = [[_text(c) for c in column.view(pa.binary()).to_pylist()]
-             if pa.types.is_string(column.type) else column.to_pylist()
-             for column in table.columns]
+            binary = column.view(pa.large_binary() if pa.types.is_large_string(column.type)
+                                 else pa.binary()).to_pylist()
+            bad |= [c is not None and not _is_utf8(c) for c in binary]
+            cells.append([_text(c) for c in binary])
+        else:
+            cells.append(column.to_pylist())
     rejected = [(int(rows[i]), NOT_UTF8, [str(col[i]) for col in cells])
                 for i in np.flatnonzero(bad)]
     return table.take(from_numpy(np.flatnonzero(~bad))), rows[~bad], rejected
@@ -225,15 +228,20 @@ class Sink:
 
     def __init__(self, path: Path, kind: str, schema: pa.Schema):
         self.path = path
-        if kind == "csv":
-            self._writer: Any = pacsv.CSVWriter(str(path), schema)
-        else:
-            self._writer = pq.ParquetWriter(str(path), schema)
+        writer = pacsv.CSVWriter if kind == "csv" else pq.ParquetWriter
+        self._writer: Any = self._check(lambda: writer(str(path), schema))
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Append records (of the schema given at the start)."""
         if batch.num_rows:
-            self._writer.write_batch(batch)
+            self._check(lambda: self._writer.write_batch(batch))
+
+    def _check(self, call: Any) -> Any:
+        try:
+            return call()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"cannot write {self.path.name}: {str(exc).splitlines()[0]} "
+                             "(a column CSV cannot hold? write Parquet)") from None
 
     def close(self) -> None:
         self._writer.close()

@@ -64,6 +64,8 @@ def score_file(model_dir: str | Path | None, source: str | Path, output: str | P
     source, output = Path(source), Path(output)
     in_kind = file_format(source, input_format)
     out_kind = file_format(output, output_format)
+    if output.exists() and source.exists() and output.samefile(source):
+        raise ValueError("the output would overwrite the input: name another file")
     predictor = predictor or Predictor.load(model_dir)
     start = time.perf_counter()  # scoring time: loading the model is not throughput
     reader = open_source(source, in_kind, chunksize)
