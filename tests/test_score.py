@@ -478,3 +478,30 @@ def test_bad_utf8_in_a_large_string_parquet_column_rejects_its_row(predictor, ra
     summary = score(predictor, tmp_path / "in.parquet", tmp_path / "out.parquet")
     assert (summary["rows"], summary["scored"]) == (4, 3)
     assert read_out(Path(summary["errors"]))["row"].tolist() == ["3"]
+
+
+def test_ragged_rows_after_the_last_good_one_are_reported(predictor, raw, tmp_path):
+    raw.head(4).to_csv(tmp_path / "in.csv", index=False)
+    with open(tmp_path / "in.csv", "a") as fh:
+        fh.write("a,b\nc\n")
+    summary = score(predictor, tmp_path / "in.csv", tmp_path / "out.csv")
+    assert (summary["rows"], summary["scored"]) == (6, 4)
+    errors = read_out(Path(summary["errors"]))
+    assert errors[["row", "line"]].values.tolist() == [["5", "6"], ["6", "7"]]
+    assert errors["problem"].tolist() == [f"has {n} fields, the header has {len(raw.columns)}"
+                                          for n in (2, 1)]
+
+
+def test_a_record_longer_than_a_batch_stops_with_advice(predictor, raw, tmp_path):
+    rows = raw.head(300).copy()
+    rows.insert(0, "note", "")
+    rows.loc[250, "note"] = "x" * 200_000
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    with pytest.raises(ValueError, match="raise --chunksize"):
+        score(predictor, tmp_path / "in.csv", tmp_path / "out.csv", chunksize=1)
+    assert score(predictor, tmp_path / "in.csv", tmp_path / "out.csv")["scored"] == 300
+
+
+def test_a_missing_input_file_is_named(predictor, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no input file"):
+        score(predictor, tmp_path / "nothing.csv", tmp_path / "out.csv")
