@@ -91,8 +91,8 @@ def _run(scorer: "_Scorer", reader: Any, sink: Sink, errors: ErrorLog,
          progress: bool) -> tuple[int, int]:
     """Read, score and write every batch; the writing of one overlaps the next's work.
 
-    One BLAS thread: each batch's matrix products are small, and idle OpenBLAS threads
-    spinning between them slow the whole run (see docs/design.md).
+    One BLAS thread: each batch's matrix products are small, and the cores are already
+    busy reading, scoring and writing batches side by side.
     """
     rows = scored = 0
     unit = "B" if isinstance(reader, CsvSource) else "rows"
