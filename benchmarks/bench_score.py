@@ -98,6 +98,35 @@ def best(predictor: Predictor, src: Path, out: Path, repeat: int, reasons: bool,
     return max(runs, key=lambda r: r["rows_per_second"])
 
 
+def stages(predictor: Predictor, src: Path, out: Path, chunksize: int) -> None:
+    """Seconds of each stage of a CSV run without reasons, one stage at a time, one thread."""
+    from ml.batch.files import Sink, open_source
+    from ml.batch.score import _Scorer
+
+    spent = dict.fromkeys(("read and UTF-8 check", "convert and score", "write"), 0.0)
+    reader = open_source(src, "csv", chunksize)
+    scorer = _Scorer(predictor, reader.names, reasons=False)
+    sink = Sink(out, "csv", scorer.output_schema(reader.schema))
+    batches = iter(reader)
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        spent["read and UTF-8 check"] += time.perf_counter() - start
+        if batch is None:
+            break
+        start = time.perf_counter()
+        table, _ = scorer.score(batch)
+        spent["convert and score"] += time.perf_counter() - start
+        start = time.perf_counter()
+        sink.write(table)
+        spent["write"] += time.perf_counter() - start
+    sink.close()
+    reader.close()
+    total = sum(spent.values())
+    print("stages of a CSV run, one at a time: " + ", ".join(
+        f"{name} {seconds:.2f} s ({seconds / total:.0%})" for name, seconds in spent.items()))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--model", type=Path, help="artifact or models dir (default: a new LR)")
@@ -107,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunksize", type=int, default=25_000, help="records per batch")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the naive baseline (to compare batch sizes quickly)")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time the stages of a CSV run one at a time")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"score_file {label:38s} {run['seconds']:7.2f} s {rate:>10,.0f} rows/s "
                   f"({rate / base_rate:.1f}x the baseline; best of {args.repeat}; "
                   f"{args.chunksize:,}-record batches)")
+        if args.stages:
+            stages(predictor, src, tmp / "stages.csv", args.chunksize)
         if args.no_baseline:
             return
         check = pd.read_csv(tmp / "out.csv", usecols=["probability_of_default"],

@@ -224,17 +224,30 @@ def _arrow(opener: Any, path: Path) -> Any:
 
 
 class Sink:
-    """The scored records, written batch by batch as CSV or Parquet."""
+    """The scored records, written batch by batch as CSV or Parquet.
+
+    Parquet keeps dictionary-encoded columns as they are; for CSV they are decoded
+    first, which pyarrow's CSV writer does faster itself than casting them.
+    """
 
     def __init__(self, path: Path, kind: str, schema: pa.Schema):
         self.path = path
-        writer = pacsv.CSVWriter if kind == "csv" else pq.ParquetWriter
+        self._decode = kind == "csv"
+        if self._decode:
+            schema = pa.schema([pa.field(f.name, f.type.value_type)
+                                if pa.types.is_dictionary(f.type) else f for f in schema])
+        writer = pacsv.CSVWriter if self._decode else pq.ParquetWriter
         self._writer: Any = self._check(lambda: writer(str(path), schema))
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Append records (of the schema given at the start)."""
-        if batch.num_rows:
-            self._check(lambda: self._writer.write_batch(batch))
+        if not batch.num_rows:
+            return
+        if self._decode:
+            batch = pa.RecordBatch.from_arrays(
+                [c.dictionary.take(c.indices) if pa.types.is_dictionary(c.type) else c
+                 for c in batch.columns], names=batch.schema.names)
+        self._check(lambda: self._writer.write_batch(batch))
 
     def _check(self, call: Any) -> Any:
         try:
