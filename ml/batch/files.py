@@ -75,9 +75,13 @@ class CsvSource:
         options = pacsv.ReadOptions(block_size=self._block_size(chunksize), use_threads=False)
         convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in self.names},
                                        check_utf8=False, strings_can_be_null=False)
-        self._reader = _arrow(lambda: pacsv.open_csv(self._file, read_options=options,
-                                                     parse_options=parse,
-                                                     convert_options=convert), path)
+        try:
+            self._reader = _arrow(lambda: pacsv.open_csv(self._file, read_options=options,
+                                                         parse_options=parse,
+                                                         convert_options=convert), path)
+        except ValueError:
+            self._file.close()
+            raise
         self.schema = self._reader.schema
         self._read = 0  # records handed on, rejected ones included
 
@@ -150,7 +154,11 @@ class ParquetSource:
         self._read = 0
 
     def __iter__(self) -> Iterator[Batch]:
-        for table in self._file.iter_batches(batch_size=self.chunksize):
+        batches = self._file.iter_batches(batch_size=self.chunksize)
+        while True:
+            table = _arrow(lambda: next(batches, None), self.path)
+            if table is None:
+                return
             rows = np.arange(self._read + 1, self._read + table.num_rows + 1)
             self._read += table.num_rows
             yield Batch(*utf8_checked(table, rows), position=self._read)
