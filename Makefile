@@ -26,7 +26,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.runtime: $(VENV)/bin/python requirements.txt setup.cfg setup.py ml/serving/_treewalk.c ml/batch/_csvbytes.c
+$(VENV)/.runtime: $(VENV)/bin/python requirements.txt setup.cfg setup.py ml/serving/_treewalk.c
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@

@@ -199,9 +199,8 @@ def test_api_image_copies_only_what_serving_needs():
             sources.add((f"{stage[1]}:" if stage else "") + source.rstrip("/"))
     assert sources == {"ml", "app", "gunicorn.conf.py", "data",
                        "trainer:/opt/app-root/src/models",
-                       "native:/opt/app-root/src/ml/serving/_treewalk.*.so",
-                       "native:/opt/app-root/src/ml/batch/_csvbytes.*.so"}
-    # The compiler stays in the native stage: it builds the C modules from setup.py only.
+                       "native:/opt/app-root/src/ml/serving/_treewalk.*.so"}
+    # The compiler stays in the native stage: it builds the C module from setup.py only.
     native = dockerfile_stages()["native"]
     assert native[0][1].startswith("deps ")
     assert "python setup.py build_ext --inplace" in instructions(native, "RUN")
@@ -257,13 +256,12 @@ def test_dockerignore_sends_only_code_and_embedded_data_to_the_builder():
                 if line.strip() and not line.startswith("#")]
     for kept in ("requirements.txt", "gunicorn.conf.py", "ml/training/train.py",
                  "app/__init__.py", "data/german_credit.csv", "setup.py",
-                 "ml/serving/_treewalk.c", "ml/batch/_csvbytes.c"):
+                 "ml/serving/_treewalk.c"):
         assert not dockerignored(kept, patterns), f"{kept} must reach the build"
     for dropped in (".git/config", ".venv/bin/python", "models/LATEST", "tests/test_deploy.py",
                     ".env", "app/__pycache__/api.cpython-311.pyc", "k8s/base/deployment.yaml",
                     "coverage.xml", "reports/x.json", ".github/workflows/cd.yml",
-                    "ml/serving/_treewalk.cpython-311-x86_64-linux-gnu.so",
-                    "ml/batch/_csvbytes.cpython-311-x86_64-linux-gnu.so"):
+                    "ml/serving/_treewalk.cpython-311-x86_64-linux-gnu.so"):
         assert dockerignored(dropped, patterns), f"{dropped} must stay out of the build context"
 
 
