@@ -1,52 +1,71 @@
-# syntax=docker/dockerfile:1
-# Credit-risk model serving image. Two targets:
-#   trainer  installs the pinned dependencies and trains the model from the embedded data
-#            (python -m ml train), writing models/<version>/ and models/LATEST;
-#   api      (the default, last stage) the serving image: the same pinned dependencies,
-#            ml/ app/ gunicorn.conf.py and the trainer's models/, run by gunicorn.
+# Credit-risk model serving images. Two targets:
+#   trainer  the full pinned set (requirements.txt), the code and the embedded data; trains
+#            the model at build time (python -m ml train -> models/) and runs the jobs:
+#            train, score, monitor and retrain (the CronJobs use this image);
+#   api      (the default, last stage) the serving image: only what serving imports
+#            (requirements-serve.txt), ml/ app/ gunicorn.conf.py, the C tree walk and the
+#            trainer's models/, run by gunicorn.
 # Build:  docker build --target api -t credit-risk-api . (or podman/buildah; see docs/deploy.md)
+# No `# syntax=` line: BuildKit would fetch a frontend image from a registry first.
 #
 # Base: Red Hat UBI 9 with Python 3.11 (sclorg s2i image). Its virtualenv /opt/app-root is
 # on PATH and owned by UID 1001 in group 0 with g=u, so OpenShift's random UID (always in
 # group 0) can read everything; WORKDIR /opt/app-root/src is HOME. The tag `1` follows
 # Red Hat's security rebuilds of the image; what a build used is recorded by the digest
-# the CD pipeline deploys.
+# the CD pipeline deploys. tools/image_check.sh builds with a stand-in of the same layout
+# (BASE_IMAGE) where no registry is reachable.
+ARG BASE_IMAGE=registry.access.redhat.com/ubi9/python-311:1
 
 # ---------------------------------------------------------------------------------------
-FROM registry.access.redhat.com/ubi9/python-311:1 AS deps
+FROM ${BASE_IMAGE} AS base
 USER 1001
 WORKDIR /opt/app-root/src
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# Exact pins, the same for training and serving (no train/serve skew).
-COPY --chown=1001:0 requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
 
 # ---------------------------------------------------------------------------------------
-FROM deps AS trainer
-ARG REVISION=unknown
-# Only the code and the embedded data set that training reads (.dockerignore keeps the
-# rest of the context out).
-COPY --chown=1001:0 ml/ ml/
-COPY --chown=1001:0 data/ data/
-# The context has no .git: the model card gets its commit from GIT_COMMIT.
-RUN GIT_COMMIT="${REVISION}" python -m ml train
-
-# ---------------------------------------------------------------------------------------
-FROM deps AS native
-# The two C modules: the tree walk of the serving fast path (ml/serving/_treewalk.c, about 5x
+FROM base AS native
+# The C modules: the tree walk of the serving fast path (ml/serving/_treewalk.c, about 5x
 # faster per request than the numpy walk it replaces) and the batch scorer's CSV byte work
-# (ml/batch/_csvbytes.c). The builder image has gcc and the Python headers; the api stage takes
-# only the compiled modules, so no compiler ships.
+# (ml/batch/_csvbytes.c). The base has gcc and the Python headers and the modules need no
+# library, so this stage builds beside the pip installs; the images take only the compiled
+# modules, so no build output but the .so files ships.
 COPY --chown=1001:0 setup.py ./
 COPY --chown=1001:0 ml/serving/_treewalk.c ml/serving/
 COPY --chown=1001:0 ml/batch/_csvbytes.c ml/batch/
 RUN python setup.py build_ext --inplace
 
 # ---------------------------------------------------------------------------------------
-FROM deps AS api
+FROM base AS trainer
+ARG REVISION=unknown
+# Every pin, training's and serving's (requirements.txt includes requirements-serve.txt:
+# the same versions on both sides, no train/serve skew).
+COPY --chown=1001:0 requirements-serve.txt requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
+# Only the code and the embedded data set that the jobs read (.dockerignore keeps the
+# rest of the context out).
+COPY --chown=1001:0 ml/ ml/
+COPY --chown=1001:0 data/ data/
+COPY --from=native --chown=1001:0 /opt/app-root/src/ml/serving/_treewalk.*.so ml/serving/
+COPY --from=native --chown=1001:0 /opt/app-root/src/ml/batch/_csvbytes.*.so ml/batch/
+# The context has no .git: the model card gets its commit from GIT_COMMIT.
+RUN GIT_COMMIT="${REVISION}" python -m ml train
+# The jobs run like the api: random UID in group 0, read-only root, /tmp writable. models/
+# stays group-writable: compose.yaml trains into a volume that starts as a copy of it.
+USER 0
+RUN python -m compileall -q ml \
+ && chgrp -R 0 /opt/app-root/src \
+ && chmod -R g=u /opt/app-root/src \
+ && chmod -R a-w ml data
+USER 1001
+ENV MODEL_DIR=/opt/app-root/src/models \
+    MPLCONFIGDIR=/tmp/matplotlib
+CMD ["python", "-m", "ml", "--help"]
+
+# ---------------------------------------------------------------------------------------
+FROM base AS api
 ARG VERSION=0.0.0-dev
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -59,17 +78,17 @@ LABEL org.opencontainers.image.title="credit-risk-api" \
       io.k8s.display-name="credit-risk-api" \
       io.k8s.description="Credit-risk scoring API" \
       io.openshift.expose-services="8080:http" \
-      io.openshift.tags="python,flask,gunicorn,scikit-learn"
+      io.openshift.tags="python,flask,gunicorn"
 
+# Serving's pins only: the compiled model is numpy arrays, so no sklearn, scipy, pandas
+# or matplotlib (docs/deploy.md has the sizes).
+COPY --chown=1001:0 requirements-serve.txt ./
+RUN pip install --no-cache-dir -r requirements-serve.txt
 COPY --chown=1001:0 ml/ ml/
 COPY --chown=1001:0 app/ app/
 COPY --chown=1001:0 gunicorn.conf.py ./
-# The embedded data set (no other data): the retrain CronJob runs from this image and
-# refits on it plus the labelled outcomes in the prediction store.
-COPY --chown=1001:0 data/ data/
 COPY --from=trainer --chown=1001:0 /opt/app-root/src/models/ models/
 COPY --from=native --chown=1001:0 /opt/app-root/src/ml/serving/_treewalk.*.so ml/serving/
-COPY --from=native --chown=1001:0 /opt/app-root/src/ml/batch/_csvbytes.*.so ml/batch/
 
 # Byte-compile now: the root filesystem is read-only at run time. Then make the group
 # (0, OpenShift's random UID's group) as able as the owner, and take write access from
@@ -83,8 +102,7 @@ USER 1001
 
 ENV PORT=8080 \
     MODEL_DIR=/opt/app-root/src/models \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
-    MPLCONFIGDIR=/tmp/matplotlib
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
 EXPOSE 8080
 
 # For docker/podman (needs the docker image format: buildah/podman --format docker).
