@@ -2,13 +2,16 @@
 # The images, built and run for real (make image-check; make test runs it on every CI run).
 #
 #  1. A Docker engine: the one DOCKER_HOST names if set (GitHub's runners), else Debian's
-#     docker.io (installed if missing) started by hand -- containerd, then dockerd on a
-#     private data root and socket under a temporary directory -- and stopped by PID at
-#     the end, whatever happens (trap).
+#     docker.io (installed if missing) started by hand -- containerd, then dockerd with its
+#     sockets and state under a temporary directory and its own data root in
+#     IMAGE_CHECK_CACHE (kept between runs: the layer cache makes a re-run take a
+#     fraction of the first; one run at a time, flock) -- and stopped by PID at the end,
+#     whatever happens (trap).
 #  2. The base: BASE_IMAGE if set (CI on GitHub: the real UBI python-311), else a stand-in
 #     with the same layout built from Debian packages (tools/standin_images.sh, cached in
 #     IMAGE_CHECK_CACHE) and loaded with `docker import`. PostgreSQL likewise.
-#  3. Builds `trainer` and `api` with BuildKit and --build-arg BASE_IMAGE.
+#  3. Builds `trainer` and `api` with BuildKit and --build-arg BASE_IMAGE (the trainer's
+#     build-time model is a quick one, TRAIN_ARGS: the check is about the image).
 #  4. Runs the api as OpenShift does (a random UID in group 0, read-only root, /tmp tmpfs,
 #     no capabilities, no-new-privileges): /ready, a /predict (smoke_predict), the image's
 #     HEALTHCHECK turning healthy, and exit code 0 on SIGTERM.
@@ -24,6 +27,7 @@ CACHE=${IMAGE_CHECK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/credit-risk-image-che
 OPENSHIFT_UID=1000770000
 TAG=check
 PROJECT=credit-risk-check
+QUICK_TRAIN="--families logistic_regression --cv-repeats 1 --no-plots"
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/image-check.XXXXXX")
@@ -51,7 +55,7 @@ cleanup() {
   done
   if [ "$status" != 0 ] && [ -f "$WORK/dockerd.log" ]; then tail -n 20 "$WORK/dockerd.log" >&2; fi
   # Overlay mounts a killed engine may leave behind, then the data root.
-  grep -o " $WORK[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l
+  grep -oE " ($WORK|$CACHE/engine)[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l
   rm -rf --one-file-system "$WORK"
   echo "image check: $([ "$status" = 0 ] && echo passed || echo FAILED) in $((SECONDS - started)) s"
   exit "$status"
@@ -75,12 +79,15 @@ start_engine() {
   # The client of the same package (another `docker` earlier on PATH may lack BuildKit).
   DOCKER=$(dirname "$(command -v dockerd)")/../bin/docker
   [ -x "$DOCKER" ] || DOCKER=$(command -v docker)
-  step "engine: containerd + dockerd under $WORK (overlay2)"
-  containerd --root "$WORK/containerd" --state "$WORK/containerd-state" \
+  step "engine: containerd + dockerd under $WORK, data root $CACHE/engine (overlay2)"
+  mkdir -p "$CACHE"
+  exec 8>"$CACHE/engine.lock"
+  flock 8
+  containerd --root "$CACHE/engine/containerd" --state "$WORK/containerd-state" \
     --address "$WORK/containerd.sock" > "$WORK/containerd.log" 2>&1 &
   ENGINE_PIDS+=($!)
   for _ in $(seq 50); do [ -S "$WORK/containerd.sock" ] && break; sleep 0.2; done
-  dockerd --containerd="$WORK/containerd.sock" --data-root "$WORK/docker" \
+  dockerd --containerd="$WORK/containerd.sock" --data-root "$CACHE/engine/docker" \
     --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" --host "unix://$WORK/docker.sock" \
     --storage-driver overlay2 > "$WORK/dockerd.log" 2>&1 &
   ENGINE_PIDS+=($!)
@@ -93,9 +100,11 @@ start_engine() {
 
 docker_() { "$DOCKER" "$@"; }
 
-standin() {  # kind image-name: import the cached stand-in tarball (built if missing)
+standin() {  # KIND IMAGE: import the cached stand-in tarball (built if missing) as IMAGE
   local tarball changes=()
   tarball=$(tools/standin_images.sh "$1" "$CACHE")
+  # Tagged with the recipe's hash: imported once per recipe.
+  docker_ image inspect "$2" >/dev/null 2>&1 && return
   while IFS= read -r line; do changes+=(--change "$line"); done \
     < <(tools/standin_images.sh changes "$1")
   docker_ import "${changes[@]}" "$tarball" "$2" >/dev/null
@@ -144,16 +153,19 @@ build_images() {
   local base=${BASE_IMAGE:-}
   if [ -z "$base" ]; then
     step "stand-in base images (Debian packages, cached in $CACHE)"
-    standin python localhost/ubi9-python-311-standin:latest
-    standin postgres localhost/postgresql-15-standin:latest
-    base=localhost/ubi9-python-311-standin:latest
-    export POSTGRES_IMAGE=${POSTGRES_IMAGE:-localhost/postgresql-15-standin:latest}
+    local recipe
+    recipe=$(sha256sum tools/standin_images.sh | cut -c1-12)
+    standin python "localhost/ubi9-python-311-standin:$recipe"
+    standin postgres "localhost/postgresql-15-standin:$recipe"
+    base=localhost/ubi9-python-311-standin:$recipe
+    export POSTGRES_IMAGE=${POSTGRES_IMAGE:-localhost/postgresql-15-standin:$recipe}
   fi
   local target
   for target in trainer api; do
     step "build --target $target (BASE_IMAGE=$base)"
     DOCKER_BUILDKIT=1 docker_ build --progress plain --build-arg "BASE_IMAGE=$base" \
       --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+      --build-arg TRAIN_ARGS="$QUICK_TRAIN" \
       --target "$target" --tag "credit-risk-api$([ $target = api ] || echo -trainer):$TAG" . \
       > "$WORK/build-$target.log" 2>&1 || { tail -n 40 "$WORK/build-$target.log" >&2;
                                              fail "docker build --target $target"; }
@@ -189,8 +201,7 @@ check_api() {
 check_jobs() {
   step "trainer image as OpenShift runs it: a quick training into /tmp"
   docker_ run --rm "${OPENSHIFT_RUN[@]}" "credit-risk-api-trainer:$TAG" \
-    python -m ml -q train --out /tmp/models --families logistic_regression --cv-repeats 1 \
-    --no-plots
+    python -m ml -q train --out /tmp/models $QUICK_TRAIN
   local name command
   for name in monitor retrain; do
     mapfile -t command < <(cronjob_command "$name")
@@ -206,7 +217,7 @@ check_compose() {
   command -v docker-compose >/dev/null || apt_install docker-compose
   step "compose.yaml up: trainer -> models volume -> api, PostgreSQL"
   export API_IMAGE="credit-risk-api:$TAG" TRAINER_IMAGE="credit-risk-api-trainer:$TAG"
-  export TRAIN_ARGS="--families logistic_regression --cv-repeats 1 --no-plots"
+  export TRAIN_ARGS=$QUICK_TRAIN
   export API_PORT=0
   COMPOSE_UP=1
   compose up --detach --no-build api > "$WORK/compose-up.log" 2>&1 || {
@@ -223,6 +234,12 @@ check_compose() {
     "${PROJECT}_default"
   compose down --volumes --timeout 20 >/dev/null 2>&1
   COMPOSE_UP=0
+}
+
+prune() {
+  # The data root is kept: drop what this run made unreachable, keep the layer cache.
+  docker_ image prune --force >/dev/null
+  docker_ builder prune --force --keep-storage 6gb >/dev/null 2>&1 || true
 }
 
 report_sizes() {
@@ -242,3 +259,4 @@ build_images
 check_api
 check_compose
 report_sizes
+[ -z "${DOCKER_OWNED:-}" ] || prune

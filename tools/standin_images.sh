@@ -61,6 +61,7 @@ fi
 exec /usr/lib/postgresql/15/bin/postgres -D "$PGDATA"
 SH
   chroot "$root" sh -eu <<'SH'
+usermod --uid 26 --gid 0 --home /var/lib/pgsql postgres
 mkdir -p /var/lib/pgsql/data /var/run/postgresql
 chown -R 26:0 /var/lib/pgsql /var/run/postgresql
 chmod -R g=u /var/lib/pgsql /var/run/postgresql
