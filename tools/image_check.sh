@@ -18,7 +18,8 @@
 #  5. Runs the trainer and the two CronJobs' commands (read from k8s/base) the same way.
 #  6. Brings compose.yaml up (trainer -> shared volume -> api, PostgreSQL), scores through
 #     it, checks the prediction landed in PostgreSQL, and takes it down.
-# Sizes of the images are printed at the end (docs/deploy.md records them).
+# Sizes of the images are printed at the end (docs/deploy.md records them); with
+# IMAGE_CHECK_BASELINE=<git ref>, also those of that commit's api image on the same base.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -100,14 +101,19 @@ start_engine() {
 
 docker_() { "$DOCKER" "$@"; }
 
-standin() {  # KIND IMAGE: import the cached stand-in tarball (built if missing) as IMAGE
-  local tarball changes=()
+standin() {  # KIND NAME: import the cached stand-in tarball (built if missing); print its tag
+  local tarball image changes=()
   tarball=$(tools/standin_images.sh "$1" "$CACHE")
-  # Tagged with the recipe's hash: imported once per recipe.
-  docker_ image inspect "$2" >/dev/null 2>&1 && return
-  while IFS= read -r line; do changes+=(--change "$line"); done \
-    < <(tools/standin_images.sh changes "$1")
-  docker_ import "${changes[@]}" "$tarball" "$2" >/dev/null
+  # Tagged with the recipe's hash (in the tarball's name): imported once per recipe, so
+  # the layer cache built on it stays valid.
+  image=localhost/$2:${tarball##*-}
+  image=${image%.tar}
+  if ! docker_ image inspect "$image" >/dev/null 2>&1; then
+    while IFS= read -r line; do changes+=(--change "$line"); done \
+      < <(tools/standin_images.sh changes "$1")
+    docker_ import "${changes[@]}" "$tarball" "$image" >/dev/null
+  fi
+  echo "$image"
 }
 
 # --------------------------------------------------------------------------- helpers
@@ -153,13 +159,10 @@ build_images() {
   local base=${BASE_IMAGE:-}
   if [ -z "$base" ]; then
     step "stand-in base images (Debian packages, cached in $CACHE)"
-    local recipe
-    recipe=$(sha256sum tools/standin_images.sh | cut -c1-12)
-    standin python "localhost/ubi9-python-311-standin:$recipe"
-    standin postgres "localhost/postgresql-15-standin:$recipe"
-    base=localhost/ubi9-python-311-standin:$recipe
-    export POSTGRES_IMAGE=${POSTGRES_IMAGE:-localhost/postgresql-15-standin:$recipe}
+    base=$(standin python ubi9-python-311-standin)
+    export POSTGRES_IMAGE=${POSTGRES_IMAGE:-$(standin postgres postgresql-15-standin)}
   fi
+  BASE_USED=$base
   local target
   for target in trainer api; do
     step "build --target $target (BASE_IMAGE=$base)"
@@ -226,9 +229,16 @@ check_compose() {
   port=$(host_port "$(compose ps -q api)" 8080)
   url="http://127.0.0.1:$port"
   wait_ready "$url" 120 || fail "/ready of the compose api never 200"
-  curl -fsS "$url/ready" | grep -q postgresql || fail "the compose api does not use PostgreSQL"
   smoke_predict "$url" | grep -q '"probability' || fail "/predict through compose"
-  echo "scored through compose"
+  # Stored in PostgreSQL (write-behind: give the writer a moment).
+  local stored=0 deadline=$((SECONDS + 20))
+  until [ "${stored:-0}" -ge 1 ] || [ "$SECONDS" -ge "$deadline" ]; do
+    sleep 0.5
+    stored=$(compose exec -T db psql -U credit -d credit -tAc \
+      'SELECT count(*) FROM predictions' 2>/dev/null | tr -dc 0-9)
+  done
+  [ "${stored:-0}" -ge 1 ] || fail "the prediction did not reach PostgreSQL"
+  echo "scored through compose: $stored prediction(s) in PostgreSQL"
   # The CronJobs' commands against the same database, on the compose network.
   check_jobs "postgresql+psycopg://credit:${POSTGRES_PASSWORD:-credit}@db:5432/credit" \
     "${PROJECT}_default"
@@ -242,16 +252,34 @@ prune() {
   docker_ builder prune --force --keep-storage 6gb >/dev/null 2>&1 || true
 }
 
+baseline() {  # REF: build REF's api image on the same base, for the size comparison
+  local tree=$WORK/baseline
+  mkdir -p "$tree"
+  git archive "$1" | tar -x -C "$tree"
+  # Its Dockerfile as it was, on the base this run uses, with a quick model like ours.
+  sed -i -e '/^# syntax=/d' -e "s|^FROM registry.access.redhat.com/ubi9/python-311:1 |FROM $2 |" \
+    -e "s|python -m ml train$|python -m ml train $QUICK_TRAIN|" "$tree/Dockerfile"
+  step "baseline: the api image of $1 on the same base"
+  DOCKER_BUILDKIT=1 docker_ build --progress plain --target api --tag "credit-risk-api:baseline" \
+    "$tree" > "$WORK/build-baseline.log" 2>&1 || { tail -n 30 "$WORK/build-baseline.log" >&2;
+                                                  fail "baseline build"; }
+}
+
+layer_mb() {  # IMAGE: size in MB of its largest layer (the pip install)
+  docker_ history --human=false --format '{{.Size}}' "$1" | sort -n | tail -n1 \
+    | awk '{printf "%d", $1 / 1000000}'
+}
+
 report_sizes() {
+  [ -z "${IMAGE_CHECK_BASELINE:-}" ] || baseline "$IMAGE_CHECK_BASELINE" "$BASE_USED"
   step "image sizes"
   local image
-  for image in "credit-risk-api:$TAG" "credit-risk-api-trainer:$TAG"; do
-    printf '%-36s %6d MB\n' "$image" \
-      "$(( $(docker_ image inspect -f '{{.Size}}' "$image") / 1000000 ))"
+  local images=("credit-risk-api:$TAG" "credit-risk-api-trainer:$TAG")
+  [ -z "${IMAGE_CHECK_BASELINE:-}" ] || images+=("credit-risk-api:baseline")
+  for image in "${images[@]}"; do
+    printf '%-36s image %5d MB   largest layer (pip install) %4d MB\n' "$image" \
+      "$(( $(docker_ image inspect -f '{{.Size}}' "$image") / 1000000 ))" "$(layer_mb "$image")"
   done
-  echo "largest layers of the api image:"
-  docker_ history --format '{{.Size}}\t{{.CreatedBy}}' "credit-risk-api:$TAG" \
-    | sort -h -r | head -n 3 | cut -c1-110
 }
 
 start_engine

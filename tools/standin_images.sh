@@ -5,6 +5,7 @@
 #
 #   tools/standin_images.sh python OUT_DIR   -> OUT_DIR/ubi9-python-311-standin-<hash>.tar
 #   tools/standin_images.sh postgres OUT_DIR -> OUT_DIR/postgresql-15-standin-<hash>.tar
+# (<hash>: of that image's recipe -- packages, hook, import changes -- alone).
 # and prints the tarball's path. tools/image_check.sh imports them with the `docker import
 # --change` lines printed by `tools/standin_images.sh changes python|postgres`.
 #
@@ -19,7 +20,6 @@
 set -euo pipefail
 
 SUITE=${STANDIN_SUITE:-bookworm}
-HASH=$(sha256sum "$0" | cut -c1-12)
 
 python_hook() {
   local root=$1
@@ -51,6 +51,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   /usr/lib/postgresql/15/bin/initdb -D "$PGDATA" -U postgres --auth-local=trust \
     --auth-host=scram-sha-256 -E UTF8 >/dev/null
   echo "listen_addresses = '*'" >> "$PGDATA/postgresql.conf"
+  # /run is empty in an imported image: the socket goes to /tmp (PGHOST, below).
+  echo "unix_socket_directories = '/tmp'" >> "$PGDATA/postgresql.conf"
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
   /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start
   psql -v ON_ERROR_STOP=1 -U postgres -d postgres -q \
@@ -89,6 +91,7 @@ EOF
     postgres) cat <<'EOF'
 ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ENV HOME=/var/lib/pgsql
+ENV PGHOST=/tmp
 ENV LANG=C.UTF-8
 EXPOSE 5432
 USER 26
@@ -102,15 +105,18 @@ build() {
   local kind=$1 out=$2 packages hook tarball
   case $kind in
     python)
-      tarball="$out/ubi9-python-311-standin-$HASH.tar"
+      tarball="$out/ubi9-python-311-standin-HASH.tar"
       packages=python3.11,python3.11-venv,python3.11-dev,python3-pip-whl,gcc,libc6-dev,ca-certificates,passwd
       hook=python_hook ;;
     postgres)
-      tarball="$out/postgresql-15-standin-$HASH.tar"
+      tarball="$out/postgresql-15-standin-HASH.tar"
       packages=postgresql-15,ca-certificates
       hook=postgres_hook ;;
     *) echo "unknown stand-in: $kind" >&2; exit 2 ;;
   esac
+  local hash
+  hash=$( { echo "$SUITE $packages"; declare -f "$hook"; changes "$kind"; } | sha256sum | cut -c1-12)
+  tarball=${tarball/HASH/$hash}
   if [ ! -f "$tarball" ]; then
     mkdir -p "$out"
     command -v mmdebstrap >/dev/null || {
