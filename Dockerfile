@@ -40,14 +40,16 @@ RUN python setup.py build_ext --inplace
 
 # ---------------------------------------------------------------------------------------
 FROM base AS trainer
-ARG REVISION=unknown
-# Extra `python -m ml train` options for the build-time model (tools/image_check.sh asks
-# for a quick one); empty: the full search, as released.
-ARG TRAIN_ARGS=""
 # Every pin, training's and serving's (requirements.txt includes requirements-serve.txt:
 # the same versions on both sides, no train/serve skew).
 COPY --chown=1001:0 requirements-serve.txt requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
+# Declared after the install: a build argument is part of every later RUN's cache key,
+# and the commit changes with every build.
+ARG REVISION=unknown
+# Extra `python -m ml train` options for the build-time model (tools/image_check.sh asks
+# for a quick one); empty: the full search, as released.
+ARG TRAIN_ARGS=""
 # Only the code and the embedded data set that the jobs read (.dockerignore keeps the
 # rest of the context out).
 COPY --chown=1001:0 ml/ ml/
