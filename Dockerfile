@@ -73,6 +73,11 @@ CMD ["python", "-m", "ml", "--help"]
 
 # ---------------------------------------------------------------------------------------
 FROM base AS api
+# Serving's pins only: the compiled model is numpy arrays, so no sklearn, scipy, pandas
+# or matplotlib (docs/deploy.md has the sizes).
+COPY --chown=1001:0 requirements-serve.txt ./
+RUN pip install --no-cache-dir -r requirements-serve.txt
+# The build arguments after the install, so that a new commit reuses its layer.
 ARG VERSION=0.0.0-dev
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -87,10 +92,6 @@ LABEL org.opencontainers.image.title="credit-risk-api" \
       io.openshift.expose-services="8080:http" \
       io.openshift.tags="python,flask,gunicorn"
 
-# Serving's pins only: the compiled model is numpy arrays, so no sklearn, scipy, pandas
-# or matplotlib (docs/deploy.md has the sizes).
-COPY --chown=1001:0 requirements-serve.txt ./
-RUN pip install --no-cache-dir -r requirements-serve.txt
 COPY --chown=1001:0 ml/ ml/
 COPY --chown=1001:0 app/ app/
 COPY --chown=1001:0 gunicorn.conf.py ./
