@@ -231,7 +231,7 @@ def test_api_image_copies_only_what_serving_needs():
     # The api installs serving's pins only; the trainer every pin (both files share them).
     assert stages["api"][0][1].startswith("base ") and stages["trainer"][0][1].startswith("base ")
     install = "pip install --no-cache-dir -r requirements{}.txt"
-    assert install.format("-serve") in instructions(stages["api"], "RUN")
+    assert install.format("-serve") in " ".join(instructions(stages["api"], "RUN"))
     assert install.format("") in instructions(stages["trainer"], "RUN")
     # The jobs' image has the batch scorer's C module too.
     assert any("_csvbytes" in c for c in instructions(stages["trainer"], "COPY"))
