@@ -265,9 +265,9 @@ baseline() {  # REF: build REF's api image on the same base, for the size compar
                                                   fail "baseline build"; }
 }
 
-layer_mb() {  # IMAGE: size in MB of its largest layer (the pip install)
-  docker_ history --human=false --format '{{.Size}}' "$1" | sort -n | tail -n1 \
-    | awk '{printf "%d", $1 / 1000000}'
+layer_mb() {  # IMAGE: size in MB of its pip install layer
+  docker_ history --human=false --no-trunc --format '{{.Size}}\t{{.CreatedBy}}' "$1" \
+    | awk -F'\t' '/pip install/ {printf "%d", $1 / 1000000; exit}'
 }
 
 report_sizes() {
@@ -277,7 +277,7 @@ report_sizes() {
   local images=("credit-risk-api:$TAG" "credit-risk-api-trainer:$TAG")
   [ -z "${IMAGE_CHECK_BASELINE:-}" ] || images+=("credit-risk-api:baseline")
   for image in "${images[@]}"; do
-    printf '%-36s image %5d MB   largest layer (pip install) %4d MB\n' "$image" \
+    printf '%-36s image %5d MB   pip install layer %4d MB\n' "$image" \
       "$(( $(docker_ image inspect -f '{{.Size}}' "$image") / 1000000 ))" "$(layer_mb "$image")"
   done
 }
