@@ -13,8 +13,8 @@
 #  3. Builds `trainer` and `api` with BuildKit and --build-arg BASE_IMAGE (the trainer's
 #     build-time model is a quick one, TRAIN_ARGS: the check is about the image).
 #  4. Runs the api as OpenShift does (a random UID in group 0, read-only root, /tmp tmpfs,
-#     no capabilities, no-new-privileges): /ready, a /predict (smoke_predict), the image's
-#     HEALTHCHECK turning healthy, and exit code 0 on SIGTERM.
+#     no capabilities, no-new-privileges): /ready, a /predict (smoke_predict), GET
+#     /monitoring, the image's HEALTHCHECK turning healthy, and exit code 0 on SIGTERM.
 #  5. Runs the trainer and the two CronJobs' commands (read from k8s/base) the same way.
 #  6. Brings compose.yaml up (trainer -> shared volume -> api, PostgreSQL), scores through
 #     it, checks the prediction landed in PostgreSQL, and takes it down.
@@ -187,6 +187,10 @@ check_api() {
   smoke_predict "$url" | tee "$WORK/predict.json"; echo
   grep -q '"probability' "$WORK/predict.json" || fail "/predict gave no probability"
   [ "$(docker_ exec api id -u)" = "$OPENSHIFT_UID" ] || fail "api does not run as the random UID"
+  # The drift report is computed in the API too: it must work with serving's libraries.
+  local monitoring
+  monitoring=$(curl -sS -o /dev/null -w '%{http_code}' "$url/monitoring")
+  [ "$monitoring" = 200 ] || fail "GET /monitoring answered $monitoring in the api image"
   local deadline=$((SECONDS + 60)) health
   until health=$(docker_ inspect -f '{{.State.Health.Status}}' api) && [ "$health" = healthy ]; do
     [ "$SECONDS" -lt "$deadline" ] || fail "HEALTHCHECK status stayed $health"
