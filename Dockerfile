@@ -1,51 +1,93 @@
-# syntax=docker/dockerfile:1
-# Credit-risk model serving image. Two targets:
-#   trainer  installs the pinned dependencies and trains the model from the embedded data
-#            (python -m ml train), writing models/<version>/ and models/LATEST;
-#   api      (the default, last stage) the serving image: the same pinned dependencies,
-#            ml/ app/ gunicorn.conf.py and the trainer's models/, run by gunicorn.
+# Credit-risk model serving images. Two targets:
+#   trainer  the full pinned set (requirements.txt), the code and the embedded data; trains
+#            the model at build time (python -m ml train -> models/) and runs the jobs:
+#            train, score, monitor and retrain (the CronJobs use this image);
+#   api      (the default, last stage) the serving image: only what serving imports
+#            (requirements-serve.txt), ml/ app/ gunicorn.conf.py, the C tree walk and the
+#            trainer's models/, run by gunicorn.
 # Build:  docker build --target api -t credit-risk-api . (or podman/buildah; see docs/deploy.md)
+# No `# syntax=` line: BuildKit would fetch a frontend image from a registry first.
 #
 # Base: Red Hat UBI 9 with Python 3.11 (sclorg s2i image). Its virtualenv /opt/app-root is
 # on PATH and owned by UID 1001 in group 0 with g=u, so OpenShift's random UID (always in
 # group 0) can read everything; WORKDIR /opt/app-root/src is HOME. The tag `1` follows
 # Red Hat's security rebuilds of the image; what a build used is recorded by the digest
-# the CD pipeline deploys.
+# the CD pipeline deploys. tools/image_check.sh builds with a stand-in of the same layout
+# (BASE_IMAGE) where no registry is reachable.
+# checkov:skip=CKV_DOCKER_7: the base is the ARG above, whose default carries the tag `1`
+ARG BASE_IMAGE=registry.access.redhat.com/ubi9/python-311:1
 
 # ---------------------------------------------------------------------------------------
-FROM registry.access.redhat.com/ubi9/python-311:1 AS deps
+FROM ${BASE_IMAGE} AS base
 USER 1001
 WORKDIR /opt/app-root/src
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# Exact pins, the same for training and serving (no train/serve skew).
-COPY --chown=1001:0 requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
 
 # ---------------------------------------------------------------------------------------
-FROM deps AS trainer
-ARG REVISION=unknown
-# Only the code and the embedded data set that training reads (.dockerignore keeps the
-# rest of the context out).
-COPY --chown=1001:0 ml/ ml/
-COPY --chown=1001:0 data/ data/
-# The context has no .git: the model card gets its commit from GIT_COMMIT.
-RUN GIT_COMMIT="${REVISION}" python -m ml train
-
-# ---------------------------------------------------------------------------------------
-FROM deps AS native
-# The C module: the tree walk of the serving fast path and the batch scorer
-# (ml/serving/_treewalk.c, about 5x faster per request than the numpy walk it replaces). The
-# builder image has gcc and the Python headers; the api stage takes only the compiled module,
-# so no compiler ships.
+FROM base AS native
+# The C module: the tree walk of the compiled model (ml/serving/_treewalk.c, about 5x
+# faster per request than the numpy walk). The base has gcc and the Python headers and the
+# module needs no library, so this stage builds beside the pip installs; the images take only the compiled
+# module, so no build output but the .so files ships.
 COPY --chown=1001:0 setup.py ./
 COPY --chown=1001:0 ml/serving/_treewalk.c ml/serving/
 RUN python setup.py build_ext --inplace
 
 # ---------------------------------------------------------------------------------------
-FROM deps AS api
+FROM base AS trainer
+# Every pin, training's and serving's (requirements.txt includes requirements-serve.txt:
+# the same versions on both sides, no train/serve skew).
+COPY --chown=1001:0 requirements-serve.txt requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
+# Declared after the install: a build argument is part of every later RUN's cache key,
+# and the commit changes with every build.
+ARG REVISION=unknown
+# Extra `python -m ml train` options for the build-time model (tools/image_check.sh asks
+# for a quick one); empty: the full search, as released.
+ARG TRAIN_ARGS=""
+# Only the code and the embedded data set that the jobs read (.dockerignore keeps the
+# rest of the context out).
+COPY --chown=1001:0 ml/ ml/
+COPY --chown=1001:0 data/ data/
+COPY --from=native --chown=1001:0 /opt/app-root/src/ml/serving/_treewalk.*.so ml/serving/
+# The context has no .git: the model card gets its commit from GIT_COMMIT. The build-time
+# model is signed with a key pair made in this same step; its private half is deleted in
+# the same layer, its public half is what the images trust by default (MODEL_TRUSTED_KEYS).
+# A production deployment trusts only the production key instead (a ConfigMap mounted over
+# MODEL_TRUSTED_KEYS; docs/deploy.md, "Signing"), so a build-time model is never served
+# there.
+# hadolint ignore=SC2086
+RUN python -m ml keygen --private /tmp/build-key/signing.pem --public keys/trusted/build.pub \
+ && MODEL_SIGNING_KEY_FILE=/tmp/build-key/signing.pem GIT_COMMIT="${REVISION}" \
+    python -m ml train ${TRAIN_ARGS} \
+ && rm -rf /tmp/build-key
+# The jobs run like the api: random UID in group 0, read-only root, /tmp writable. models/
+# stays group-writable: compose.yaml trains into a volume that starts as a copy of it.
+USER 0
+RUN python -m compileall -q ml \
+ && chgrp -R 0 /opt/app-root/src \
+ && chmod -R g=u /opt/app-root/src \
+ && chmod -R a-w ml data
+USER 1001
+ENV MODEL_DIR=/opt/app-root/src/models \
+    MODEL_TRUSTED_KEYS=/opt/app-root/src/keys/trusted \
+    MPLCONFIGDIR=/tmp/matplotlib
+CMD ["python", "-m", "ml", "--help"]
+
+# ---------------------------------------------------------------------------------------
+FROM base AS api
+# Serving's pins only: the compiled model is numpy arrays, so no sklearn, scipy, pandas
+# or matplotlib (docs/deploy.md has the sizes).
+# The libraries' own test suites (numpy's, jsonschema's...) are never imported: dropped in
+# the same layer, about 17 MB.
+COPY --chown=1001:0 requirements-serve.txt ./
+RUN pip install --no-cache-dir -r requirements-serve.txt \
+ && find "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+      -depth -type d -name tests -exec rm -rf {} +
+# The build arguments after the install, so that a new commit reuses its layer.
 ARG VERSION=0.0.0-dev
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -58,15 +100,13 @@ LABEL org.opencontainers.image.title="credit-risk-api" \
       io.k8s.display-name="credit-risk-api" \
       io.k8s.description="Credit-risk scoring API" \
       io.openshift.expose-services="8080:http" \
-      io.openshift.tags="python,flask,gunicorn,scikit-learn"
+      io.openshift.tags="python,flask,gunicorn"
 
 COPY --chown=1001:0 ml/ ml/
 COPY --chown=1001:0 app/ app/
 COPY --chown=1001:0 gunicorn.conf.py ./
-# The embedded data set (no other data): the retrain CronJob runs from this image and
-# refits on it plus the labelled outcomes in the prediction store.
-COPY --chown=1001:0 data/ data/
 COPY --from=trainer --chown=1001:0 /opt/app-root/src/models/ models/
+COPY --from=trainer --chown=1001:0 /opt/app-root/src/keys/ keys/
 COPY --from=native --chown=1001:0 /opt/app-root/src/ml/serving/_treewalk.*.so ml/serving/
 
 # Byte-compile now: the root filesystem is read-only at run time. Then make the group
@@ -76,13 +116,13 @@ USER 0
 RUN python -m compileall -q ml app gunicorn.conf.py \
  && chgrp -R 0 /opt/app-root/src \
  && chmod -R g=u /opt/app-root/src \
- && chmod -R a-w ml app models gunicorn.conf.py
+ && chmod -R a-w ml app models keys gunicorn.conf.py
 USER 1001
 
 ENV PORT=8080 \
     MODEL_DIR=/opt/app-root/src/models \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MODEL_TRUSTED_KEYS=/opt/app-root/src/keys/trusted \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
 EXPOSE 8080
 
 # For docker/podman (needs the docker image format: buildah/podman --format docker).

@@ -15,7 +15,7 @@ export MODEL_SIGNING_KEY_FILE ?= $(DEV_KEYS)/signing.pem
 export MODEL_TRUSTED_KEYS ?= $(DEV_KEYS)/trusted
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev system-deps dev-keys train api run test lint bench docker-build deploy clean
+.PHONY: help install install-dev system-deps dev-keys train api run test lint bench docker-build image-check deploy clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -59,8 +59,9 @@ run: install dev-keys ## Train the default model if none exists, then serve on :
 	@test -f models/LATEST || $(PY) -m ml train
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
 
-test: system-deps install-dev ## Install everything and run the whole test suite with coverage
+test: system-deps install-dev ## Install everything, run the whole test suite with coverage, then the image check
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml
+	PYTHON=$(PY) tools/image_check.sh
 
 lint: install-dev ## flake8 on the Python code
 	$(VENV)/bin/flake8 ml app tests benchmarks
@@ -71,6 +72,9 @@ bench: install-dev ## Run the benchmarks and print their figures
 docker-build: ## Build the trainer and api images (needs a Docker engine, or DOCKER=podman)
 	$(or $(DOCKER),docker) build --target trainer --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) -t $(IMAGE)-trainer:$(TAG) .
 	$(or $(DOCKER),docker) build --target api --build-arg VERSION=$(TAG) --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) -t $(IMAGE):$(TAG) .
+
+image-check: install ## Build the trainer and api images, run them as OpenShift does, bring compose.yaml up (tools/image_check.sh)
+	PYTHON=$(PY) tools/image_check.sh
 
 deploy: ## Roll out to OpenShift: oc apply -k k8s/overlays/$(ENV), then wait for the rollout
 	oc apply -k k8s/overlays/$(ENV)

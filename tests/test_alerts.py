@@ -1,10 +1,14 @@
 """The Prometheus alert rules: valid, unit-tested by promtool (firing and not firing),
-and watching the metric names the app really exports."""
+watching the metric names the app really exports, and shipped to OpenShift as the
+PrometheusRule generated from them; the Grafana dashboard queries real metrics too."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +57,61 @@ def test_alerts_watch_metrics_the_app_exports(make_app, example, tmp_path, metri
     families = {family.name for family in REGISTRY.collect()}
     assert metric.removesuffix("_total") in families
     assert metric in RULES.read_text()
+
+
+def test_prometheusrule_manifest_is_generated_from_the_rule_file():
+    """One source: k8s/base/prometheusrule.yaml holds alerts.yml's groups, unchanged."""
+    script = ROOT / "tools" / "prometheusrule.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    manifest = yaml.safe_load((ROOT / "k8s" / "base" / "prometheusrule.yaml").read_text())
+    assert manifest["kind"] == "PrometheusRule"
+    assert manifest["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+
+
+def test_prometheusrule_check_fails_when_the_manifest_is_stale(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import prometheusrule
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    stale = tmp_path / "prometheusrule.yaml"
+    stale.write_text(prometheusrule.render(RULES.read_text()).replace("0.25", "0.3"))
+    monkeypatch.setattr(prometheusrule, "TARGET", stale)
+    assert prometheusrule.main(["--check"]) == 1
+    assert prometheusrule.main([]) == 0 and prometheusrule.main(["--check"]) == 0
+
+
+DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "credit-risk-api.json"
+
+
+def test_dashboard_covers_the_service_and_queries_only_exported_metrics(
+        trained_model_dir, tmp_path):
+    from app import create_app
+    dashboard = json.loads(DASHBOARD.read_text())
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("traffic", "latency", "errors", "decisions", "pd distribution", "drift"):
+        assert topic in titles, topic
+    app = create_app({"MODEL_DIR": str(trained_model_dir),
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}"})
+    client = app.test_client()
+    client.post("/predict", json=app.extensions["credit_model"].predictor.card["example"])
+    client.get("/monitoring")
+    from prometheus_client import REGISTRY
+    # Sample names, and what a labelled family with no child yet will expose.
+    exported = set()
+    for family in REGISTRY.collect():
+        exported |= {sample.name for sample in family.samples}
+        exported |= {family.name + suffix for suffix in
+                     {"counter": ("_total",), "histogram": ("_bucket",)}.get(family.type, ("",))}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\bcredit_api_\w+", e)}
+    assert used and used <= exported, used - exported
+
+
+def test_compose_prometheus_loads_the_rule_file(promtool):
+    result = subprocess.run([promtool, "check", "config", "prometheus.yml"], capture_output=True,
+                            text=True, timeout=60, cwd=RULES.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 rules found" in result.stdout + result.stderr

@@ -36,6 +36,11 @@ BIN = Path(sys.executable).parent
 OVERLAYS_DIR = ROOT / "k8s" / "overlays"
 OVERLAYS = sorted(p.name for p in OVERLAYS_DIR.iterdir() if (p / "kustomization.yaml").is_file())
 ROUTE_SCHEMA = ROOT / "schemas" / "route.openshift.io_v1_route.json"
+MONITORING_SCHEMAS = {kind: ROOT / "schemas" / f"monitoring.coreos.com_v1_{kind.lower()}.json"
+                      for kind in ("ServiceMonitor", "PrometheusRule")}
+# Kinds kubernetes-validate has no schema for: each has one under schemas/.
+CUSTOM_KINDS = {("Route", "route.openshift.io/v1"), ("ServiceMonitor", "monitoring.coreos.com/v1"),
+                ("PrometheusRule", "monitoring.coreos.com/v1")}
 # OpenShift 4.20 runs Kubernetes 1.33 (kubernetes-validate ships schemas 1.25 to 1.37).
 K8S_VERSION = "1.33.0"
 APP = "credit-risk-api"
@@ -153,6 +158,18 @@ def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
     return stages
 
 
+def dockerfile_args() -> dict[str, str]:
+    """The global ARGs (before the first FROM) with their defaults."""
+    args = {}
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        if raw.upper().startswith("FROM "):
+            break
+        if raw.upper().startswith("ARG "):
+            name, _, default = raw[4:].strip().partition("=")
+            args[name] = default
+    return args
+
+
 def instructions(stage: list[tuple[str, str]], kind: str) -> list[str]:
     return [args for instruction, args in stage if instruction == kind]
 
@@ -163,10 +180,10 @@ def api_command() -> list[str]:
 
 
 def api_env() -> dict[str, str]:
-    """ENV of the api image: its own stage's and the deps stage's it builds on."""
+    """ENV of the api image: its own stage's and the base stage's it builds on."""
     env = {}
     stages = dockerfile_stages()
-    for args in instructions(stages["deps"], "ENV") + instructions(stages["api"], "ENV"):
+    for args in instructions(stages["base"], "ENV") + instructions(stages["api"], "ENV"):
         for pair in shlex.split(args):
             key, _, value = pair.partition("=")
             env[key] = value
@@ -182,8 +199,13 @@ def test_image_builds_from_ubi9_python311_with_trainer_and_api_targets():
     stages = dockerfile_stages()
     assert {"trainer", "api"} <= set(stages)
     assert list(stages)[-1] == "api", "api must be the last stage: the default build target"
+    # The base is an ARG (tools/image_check.sh builds on a stand-in where no registry is
+    # reachable) whose default is the real UBI image; no `# syntax=` line, which would make
+    # BuildKit fetch a frontend image before the first stage.
     first_from = instructions(next(iter(stages.values())), "FROM")[0]
-    assert first_from.startswith("registry.access.redhat.com/ubi9/python-311:")
+    assert first_from.startswith("${BASE_IMAGE} ")
+    assert dockerfile_args()["BASE_IMAGE"].startswith("registry.access.redhat.com/ubi9/python-311:")
+    assert not re.search(r"^#\s*syntax\s*=", (ROOT / "Dockerfile").read_text(), re.M)
     trainer_runs = " ".join(instructions(stages["trainer"], "RUN"))
     assert "python -m ml train" in trainer_runs
     assert any("data/" in c for c in instructions(stages["trainer"], "COPY"))
@@ -197,16 +219,42 @@ def test_api_image_copies_only_what_serving_needs():
         for source in words[:-1]:
             stage = re.search(r"--from=(\w+)", args)
             sources.add((f"{stage[1]}:" if stage else "") + source.rstrip("/"))
-    assert sources == {"ml", "app", "gunicorn.conf.py", "data",
-                       "trainer:/opt/app-root/src/models",
+    # No data set, no batch scorer module: the api serves the trainer's models/ only.
+    assert sources == {"requirements-serve.txt", "ml", "app", "gunicorn.conf.py",
+                       "trainer:/opt/app-root/src/models", "trainer:/opt/app-root/src/keys",
                        "native:/opt/app-root/src/ml/serving/_treewalk.*.so"}
     # The compiler stays in the native stage: it builds the C module from setup.py only.
-    native = dockerfile_stages()["native"]
-    assert native[0][1].startswith("deps ")
+    stages = dockerfile_stages()
+    native = stages["native"]
+    assert native[0][1].startswith("base ")
     assert "python setup.py build_ext --inplace" in instructions(native, "RUN")
-    # requirements.txt reaches the api image through the shared deps stage it builds on.
-    assert dockerfile_stages()["api"][0][1].startswith("deps ")
-    assert "requirements.txt" in " ".join(instructions(dockerfile_stages()["deps"], "COPY"))
+    # The api installs serving's pins only; the trainer every pin (both files share them).
+    assert stages["api"][0][1].startswith("base ") and stages["trainer"][0][1].startswith("base ")
+    install = "pip install --no-cache-dir -r requirements{}.txt"
+    assert install.format("-serve") in " ".join(instructions(stages["api"], "RUN"))
+    assert install.format("") in instructions(stages["trainer"], "RUN")
+
+
+def pins(name: str) -> dict[str, str]:
+    """{package: version} of a requirements file, following its -r includes."""
+    found = {}
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            found.update(pins(line[3:].strip()))
+        elif line:
+            package, _, version = line.partition("==")
+            found[re.sub(r"\[.*\]", "", package).lower()] = version
+    return found
+
+
+def test_serving_pins_are_a_subset_of_the_full_set_without_the_training_stack():
+    serve, full = pins("requirements-serve.txt"), pins("requirements.txt")
+    assert all(version for version in full.values()), "every requirement is pinned exactly"
+    assert "-r requirements-serve.txt" in (ROOT / "requirements.txt").read_text()
+    assert serve.items() <= full.items()
+    assert not {"scikit-learn", "scipy", "pandas", "matplotlib", "joblib"} & set(serve)
+    assert {"numpy", "flask", "gunicorn", "sqlalchemy", "psycopg"} <= set(serve)
 
 
 def test_api_image_runs_the_gunicorn_command_as_non_root_on_port_8080():
@@ -254,8 +302,8 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_sends_only_code_and_embedded_data_to_the_builder():
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    for kept in ("requirements.txt", "gunicorn.conf.py", "ml/training/train.py",
-                 "app/__init__.py", "data/german_credit.csv", "setup.py",
+    for kept in ("requirements.txt", "requirements-serve.txt", "gunicorn.conf.py",
+                 "ml/training/train.py", "app/__init__.py", "data/german_credit.csv", "setup.py",
                  "ml/serving/_treewalk.c"):
         assert not dockerignored(kept, patterns), f"{kept} must reach the build"
     for dropped in (".git/config", ".venv/bin/python", "models/LATEST", "tests/test_deploy.py",
@@ -298,10 +346,11 @@ def test_overlay_renders_and_passes_kubernetes_validate_strict(overlay, rendered
     assert result.returncode == 0 and "ERROR" not in result.stdout, result.stdout
     # Kinds it has no schema for are warned about: each must have a schema of ours.
     unknown = set(re.findall(r"for kind (\w+) with api version (\S+)", result.stdout))
-    assert unknown <= {("Route", "route.openshift.io/v1")}, unknown
+    assert unknown <= CUSTOM_KINDS, unknown
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "Route", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-            "NetworkPolicy", "ConfigMap"} <= kinds
+            "NetworkPolicy", "ConfigMap", "ServiceMonitor", "PrometheusRule",
+            "StatefulSet"} <= kinds
 
 
 def test_kubernetes_validate_rejects_an_unknown_field(rendered, tmp_path):
@@ -405,7 +454,7 @@ def test_deployments_pass_openshift_restricted_v2(rendered):
             mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
             volumes = {v["name"]: v for v in pod.get("volumes", [])}
             assert "emptyDir" in volumes[mounts["/tmp"]], f"{where}: /tmp must be an emptyDir"
-            assert all(p["containerPort"] >= 1024 for p in container["ports"]), where
+            assert all(p["containerPort"] >= 1024 for p in container.get("ports", [])), where
 
 
 def test_deployments_probe_ready_and_health_check_and_roll_without_downtime(rendered):
@@ -458,11 +507,12 @@ def test_deployments_take_settings_from_the_configmap_and_the_database_url_from_
         assert "@" not in config.get("DATABASE_URL", ""), "credentials belong in the Secret"
         (database_url,) = [e for e in container["env"] if e["name"] == "DATABASE_URL"]
         reference = database_url["valueFrom"]["secretKeyRef"]
-        assert reference["optional"] is True and reference["key"] == "DATABASE_URL"
-        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/path"] == "/metrics"
-        assert annotations["prometheus.io/port"] == config["PORT"]
+        # Required: no per-pod SQLite fallback (the ConfigMap has no DATABASE_URL either).
+        assert reference["optional"] is False and reference["key"] == "DATABASE_URL"
+        assert "DATABASE_URL" not in config
+        # OpenShift scrapes through the ServiceMonitor; it ignores prometheus.io/* annotations.
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        assert not any(key.startswith("prometheus.io/") for key in annotations)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -520,6 +570,135 @@ def test_canary_overlay_splits_route_traffic_between_two_separate_tracks(rendere
     assert containers(stable)[0]["image"] == containers(prod)[0]["image"]
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_monitoring_objects_pass_the_project_schemas(overlay, rendered, tmp_path):
+    docs = rendered[overlay][1]
+    for kind, schema in MONITORING_SCHEMAS.items():
+        (obj,) = find(docs, kind)
+        instance = tmp_path / f"{kind}.json"
+        instance.write_text(json.dumps(obj))
+        ok(run(tool("check-jsonschema"), "--schemafile", schema, instance))
+
+
+MONITOR_BREAKAGES = {
+    "ServiceMonitor": {
+        "no endpoints": lambda s: s.update(endpoints=[]),
+        "empty selector": lambda s: s.update(selector={}),
+        "misspelt field": lambda s: s["endpoints"][0].update(bearerToken="x"),
+        "basic auth": lambda s: s["endpoints"][0]["authorization"].update(type="Basic"),
+        "bad interval": lambda s: s["endpoints"][0].update(interval="30 seconds"),
+    },
+    "PrometheusRule": {
+        "no groups": lambda s: s.update(groups=[]),
+        "alert and record": lambda s: s["groups"][0]["rules"][0].update(record="x:y"),
+        "no expr": lambda s: s["groups"][0]["rules"][0].pop("expr"),
+        "bad for": lambda s: s["groups"][0]["rules"][0].update({"for": "half an hour"}),
+        "misspelt field": lambda s: s["groups"][0].update(rule=[]),
+    },
+}
+
+
+@pytest.mark.parametrize("kind,breakage", [(k, b) for k, table in MONITOR_BREAKAGES.items()
+                                           for b in sorted(table)])
+def test_monitoring_schemas_reject_a_broken_object(kind, breakage, rendered):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(MONITORING_SCHEMAS[kind].read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    obj = copy.deepcopy(one(rendered["prod"][1], kind))
+    jsonschema.validate(obj, schema)
+    MONITOR_BREAKAGES[kind][breakage](obj["spec"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(obj, schema)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_monitor_scrapes_metrics_of_every_api_service_with_a_secret_token(overlay,
+                                                                                  rendered):
+    docs = rendered[overlay][1]
+    monitor = one(docs, "ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["port"] == "http"
+    assert endpoint["authorization"]["type"] == "Bearer"
+    assert endpoint["authorization"]["credentials"] == {"name": "credit-risk-api-metrics",
+                                                        "key": "token"}
+    scraped = {s["metadata"]["name"] for s in find(docs, "Service")
+               if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])}
+    api_services = {s["metadata"]["name"] for s in find(docs, "Service")
+                    if s["metadata"]["name"].startswith(APP)}
+    assert scraped == api_services, scraped
+    # The API's NetworkPolicy lets OpenShift's monitoring namespace in.
+    groups = {p.get("namespaceSelector", {}).get("matchLabels", {}).get(
+        "network.openshift.io/policy-group")
+        for p in one(docs, "NetworkPolicy")["spec"]["ingress"][0]["from"]}
+    assert "monitoring" in groups
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_postgresql_is_shared_persistent_and_reachable_only_by_the_app(overlay, rendered):
+    docs = rendered[overlay][1]
+    (db,) = find(docs, "StatefulSet")
+    assert db["metadata"]["name"] == "credit-risk-db" and db["spec"]["replicas"] == 1
+    pod = db["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["image"].startswith("registry.redhat.io/rhel9/postgresql-15:")
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert {r["name"] for r in secrets.values()} == {"credit-risk-api-db"}
+    assert set(secrets) == {"POSTGRESQL_USER", "POSTGRESQL_PASSWORD", "POSTGRESQL_DATABASE"}
+    (claim,) = db["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == "/var/lib/pgsql/data"
+    service = one(docs, "Service", "credit-risk-db")
+    assert selects(service["spec"]["selector"], pod["metadata"]["labels"])
+    # The API's Service never selects the database pod, nor the database's the API's.
+    api_pods = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not selects(one(docs, "Service")["spec"]["selector"], pod["metadata"]["labels"])
+    assert not selects(service["spec"]["selector"], api_pods)
+    policy = one(docs, "NetworkPolicy", "credit-risk-db")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"])
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "no namespace, no router: only this app's pods"
+    clients = [one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]]
+    clients += [c["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+                for c in find(docs, "CronJob")]
+    assert all(selects(peer["podSelector"]["matchLabels"], labels) for labels in clients)
+    # Same restricted-v2 rules as the Deployments.
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] and not context["allowPrivilegeEscalation"]
+    assert context["capabilities"]["drop"] == ["ALL"] and "runAsUser" not in context
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_pods_migrate_the_store_and_jobs_run_the_trainer_image(overlay, rendered):
+    docs = rendered[overlay][1]
+    for deployment in find(docs, "Deployment"):
+        (migrate,) = deployment["spec"]["template"]["spec"]["initContainers"]
+        assert migrate["image"] == containers(deployment)[0]["image"]
+        assert "PredictionStore" in " ".join(migrate["command"])
+        assert [e["name"] for e in migrate["env"]] == ["DATABASE_URL"]
+    for job in find(docs, "CronJob"):
+        (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        image = container["image"]
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+/credit-risk-api-trainer:[\w.-]+", image), image
+        (database_url,) = [e for e in container["env"] if e["name"] == "DATABASE_URL"]
+        assert database_url["valueFrom"]["secretKeyRef"]["optional"] is False
+
+
+def test_canary_patches_hold_one_delete_each_and_render_alike_with_every_kustomize():
+    """kustomize v5.5 (kubectl 1.32, older oc) crashes on a file of several `$patch: delete`
+    documents; one per file renders the same with every version. Every kubectl found
+    (the venv's, and KUBECTL_EXTRA: a colon-separated list of others) must agree."""
+    for path in (ROOT / "k8s").rglob("*.yaml"):
+        deletes = len(re.findall(r"^\$patch: delete", path.read_text(), re.M))
+        assert deletes <= 1, f"{path}: one $patch: delete per file"
+    binaries = [tool("kubectl")] + [Path(p) for p in
+                                    os.environ.get("KUBECTL_EXTRA", "").split(":") if p]
+    for overlay in OVERLAYS:
+        outputs = {ok(run(binary, "kustomize", OVERLAYS_DIR / overlay)) for binary in binaries}
+        assert len(outputs) == 1, f"{overlay} renders differently across {binaries}"
+
+
 def test_manifests_and_workflows_pass_yamllint():
     ok(run(tool("yamllint"), "--strict", "k8s", ".github", ".yamllint", ".checkov.yaml"))
 
@@ -549,7 +728,8 @@ def test_ci_workflow_lints_tests_validates_and_uploads_coverage_and_model_card()
     assert {"pull_request", "push", "workflow_call"} <= set(ci["on"])
     text = "\n".join(steps(job) for job in ci["jobs"].values())
     for needed in ("actions/setup-python", "make lint", "make test",
-                   "tools/validate_manifests.sh", "tools/checkov.sh", "actions/upload-artifact"):
+                   "tools/validate_manifests.sh", "tools/checkov.sh", "actions/upload-artifact",
+                   "tools/image_check.sh"):
         assert needed in text, needed
     uploads = "\n".join(s["with"]["path"] for job in ci["jobs"].values() for s in job["steps"]
                         if "upload-artifact" in s.get("uses", ""))
@@ -612,6 +792,7 @@ def test_make_deploy_applies_the_chosen_overlay():
     assert "oc apply -k k8s/overlays/dev" in dry
     dry = ok(run(make, "-n", "docker-build", "TAG=abc"))
     assert "--target api" in dry and "--target trainer" in dry and "REVISION=" in dry
+    assert "tools/image_check.sh" in ok(run(make, "-n", "image-check"))
 
 
 # --------------------------------------------------------------------------- OpenShift-like run
