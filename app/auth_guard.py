@@ -34,6 +34,7 @@ from app.errors import error_response
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'{styles}; "
        "script-src 'self'{nonce}; form-action 'self'; frame-ancestors 'none'; "
        "base-uri 'none'; object-src 'none'")
+EXTENSION = "rate_limiter"
 LIMITED = {"api.predict": "RATELIMIT_PREDICT", "web.submit": "RATELIMIT_PREDICT",
            "monitoring.feedback": "RATELIMIT_FEEDBACK"}
 
@@ -87,7 +88,7 @@ def _bound_chunked_body() -> None:
 
 def _too_many(exc: RateLimitExceeded) -> Response:
     """429 in the one error shape, with the seconds until the window frees a request."""
-    limiter: Limiter = current_app.extensions["limiter"]
+    limiter: Limiter = current_app.extensions[EXTENSION]
     current = limiter.current_limit
     wait = max(1, int(current.reset_at - time.time())) if current else 1
     response = error_response(429, "Too many requests from this client; retry after "
@@ -105,6 +106,7 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
     limiter = Limiter(client_key, app=app, storage_uri=app.config["RATELIMIT_STORAGE_URI"],
                       strategy="fixed-window")
+    app.extensions[EXTENSION] = limiter
     app.before_request(_bound_chunked_body)  # after the limit: a limited client sends nothing
     app.after_request(_security_headers)
     app.jinja_env.globals["csp_nonce"] = csp_nonce

@@ -97,14 +97,15 @@ class OidcVerifier:
         roles_claim: dotted path of a claim listing scopes, or None.
         leeway: seconds of clock skew allowed on ``exp`` and ``nbf``.
         cache_size: verified tokens kept.
+        cooldown: least seconds between two refetches of the key set for unknown kids.
     """
 
     def __init__(self, issuer: str, audience: str, jwks_url: str | None,
                  algorithms: tuple[str, ...], roles_claim: str | None = None,
-                 leeway: int = 30, cache_size: int = 10000) -> None:
+                 leeway: int = 30, cache_size: int = 10000, cooldown: int = 30) -> None:
         self.issuer, self.audience, self.jwks_url = issuer, audience, jwks_url
         self.algorithms, self.roles_claim, self.leeway = list(algorithms), roles_claim, leeway
-        self.cache = TokenCache(cache_size)
+        self.cache, self.cooldown = TokenCache(cache_size), cooldown
         self._client: jwt.PyJWKClient | None = None
         self._lock = threading.Lock()
 
@@ -120,7 +121,8 @@ class OidcVerifier:
         return cls(config["OIDC_ISSUER"], config["OIDC_AUDIENCE"], config.get("OIDC_JWKS_URL"),
                    tuple(config["OIDC_ALGORITHMS"]), config.get("OIDC_ROLES_CLAIM"),
                    int(config.get("OIDC_LEEWAY_SECONDS", 30)),
-                   int(config.get("TOKEN_CACHE_SIZE", 10000)))
+                   int(config.get("TOKEN_CACHE_SIZE", 10000)),
+                   int(config.get("OIDC_JWKS_COOLDOWN_SECONDS", 30)))
 
     def client(self) -> jwt.PyJWKClient:
         """The JWKS client, created on first use (discovering the JWKS URL if needed)."""
@@ -130,7 +132,8 @@ class OidcVerifier:
                     url = self.jwks_url or self._discover()
                     self._client = jwt.PyJWKClient(url, cache_keys=True,
                                                    lifespan=JWKS_LIFESPAN_SECONDS,
-                                                   timeout=FETCH_TIMEOUT_SECONDS)
+                                                   timeout=FETCH_TIMEOUT_SECONDS,
+                                                   cooldown_duration=self.cooldown)
         return self._client
 
     def _discover(self) -> str:

@@ -130,6 +130,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
     "OIDC_ROLES_CLAIM": (None, str, "Dotted path of a claim listing scopes as roles, e.g. "
                                     "realm_access.roles (besides the scope claim)"),
     "OIDC_LEEWAY_SECONDS": (30, _non_negative_int, "Clock skew allowed on exp and nbf"),
+    "OIDC_JWKS_COOLDOWN_SECONDS": (30, _non_negative_int, "Least seconds between two "
+                                                          "JWKS refetches for unknown kids"),
     "TOKEN_CACHE_SIZE": (10000, _positive_int, "Verified access tokens kept (until they "
                                                "expire) so each is verified once"),
     "RATELIMIT_STORAGE_URI": ("memory://", str, "Where rate-limit counters live: memory:// "
