@@ -267,36 +267,11 @@ def auth_costs(model_dir: Path, workdir: Path, duration: int, rounds: int) -> di
     OIDC JWT (keys from a JWKS served here), on three servers measured in interleaved
     rounds; req/s, p50/p99 and each one's cost against no auth (targets: key <= 5 %,
     JWT <= 10 %)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from threading import Thread
-
-    import jwt
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     from app.auth import SCOPES
     from app.auth_keys import create_key
 
-    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwks = json.dumps({"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(
-        signer.public_key())), "kid": "bench", "use": "sig"}]}).encode()
-
-    class Jwks(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(jwks)))
-            self.end_headers()
-            self.wfile.write(jwks)
-
-        def log_message(self, *args):
-            pass
-
-    provider = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
-    Thread(target=provider.serve_forever, daemon=True).start()
-    issuer = f"http://127.0.0.1:{provider.server_port}"
+    provider, issuer, token = jwks_provider()
     key = create_key(str(workdir / "keys.yaml"), "bench", SCOPES)
-    token = jwt.encode({"iss": issuer, "aud": "bench", "sub": "bench", "scope": "score",
-                        "exp": int(time.time()) + 3600}, signer, "RS256",
-                       headers={"kid": "bench"})
     auth = {"AUTH_REQUIRED": "true", "API_KEYS_FILE": str(workdir / "keys.yaml"),
             "OIDC_ISSUER": issuer, "OIDC_AUDIENCE": "bench", "OIDC_JWKS_URL": issuer + "/jwks"}
     body = json.dumps(read_card(model_dir)["example"]).encode()
@@ -335,6 +310,82 @@ def auth_costs(model_dir: Path, workdir: Path, duration: int, rounds: int) -> di
                     "jwt_cost": best["jwt"]["cost_vs_none"] <= 0.10}}
 
 
+def jwks_provider():
+    """A JWKS of a fresh RSA key on a local HTTP server: (server, issuer URL, a token for
+    audience ``bench`` with the ``score`` scope)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks = json.dumps({"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(
+        signer.public_key())), "kid": "bench", "use": "sig"}]}).encode()
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(jwks)))
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    Thread(target=server.serve_forever, daemon=True).start()
+    issuer = f"http://127.0.0.1:{server.server_port}"
+    token = jwt.encode({"iss": issuer, "aud": "bench", "sub": "bench", "scope": "score",
+                        "exp": int(time.time()) + 3600}, signer, "RS256",
+                       headers={"kid": "bench"})
+    return server, issuer, token
+
+
+def auth_in_process(model_dir: Path, workdir: Path, blocks: int = 15,
+                    per_block: int = 200) -> dict:
+    """h. without the HTTP server: one app per credential kind (Flask test client), blocks
+    of ``per_block`` single-record /predict calls interleaved across the kinds; the
+    block of least CPU time of each is its cost (robust on a shared, loaded machine,
+    where throughput varies by tens of percent between runs). Returns µs per request."""
+    from app import create_app
+    from app.auth import SCOPES
+    from app.auth_keys import create_key
+
+    provider, issuer, token = jwks_provider()
+    keys_file = str(workdir / "keys-in-process.yaml")
+    key = create_key(keys_file, "bench", SCOPES)
+    base = {"MODEL_DIR": str(model_dir), "RATELIMIT_PREDICT": "1000000/second",
+            "LOG_LEVEL": "WARNING"}
+    plain = create_app({**base, "AUTH_REQUIRED": False,
+                        "DATABASE_URL": f"sqlite:///{workdir / 'plain.db'}"})
+    secured = create_app({**base, "DATABASE_URL": f"sqlite:///{workdir / 'secured.db'}",
+                          "API_KEYS_FILE": keys_file, "OIDC_ISSUER": issuer,
+                          "OIDC_AUDIENCE": "bench", "OIDC_JWKS_URL": issuer + "/jwks"})
+    kinds = {"none": (plain, {}), "api_key": (secured, {"Authorization": f"Bearer {key}"}),
+             "jwt": (secured, {"Authorization": f"Bearer {token}"})}
+    body = read_card(model_dir)["example"]
+    best = {name: float("inf") for name in kinds}
+    with open(os.devnull, "w") as sink:
+        stdout, sys.stdout = sys.stdout, sink  # the request lines
+        try:
+            for _ in range(blocks):
+                for name, (app, headers) in kinds.items():
+                    client = app.test_client()
+                    # CPU time of this thread: time spent preempted by other load is not
+                    # counted (the store's writer thread is not either, for every kind).
+                    started = time.thread_time()
+                    for _ in range(per_block):
+                        assert client.post("/predict?reasons=false", json=body,
+                                           headers=headers).status_code == 200
+                    best[name] = min(best[name], (time.thread_time() - started) / per_block)
+        finally:
+            sys.stdout = stdout
+            provider.shutdown()
+    return {"us_per_request": {k: v * 1e6 for k, v in best.items()},
+            "cost_vs_none": {k: best[k] / best["none"] - 1 for k in ("api_key", "jwt")}}
+
+
 def workers_cpu_s(master: int) -> float:
     """User + system CPU seconds of the master's worker processes so far."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -355,6 +406,11 @@ def print_auth(result: dict) -> None:
         print(f"h. /predict?reasons=false, {label}: {s['requests_per_s']:.0f} req/s, "
               f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, non-2xx {s['non_2xx']}"
               f"{cost}")
+    if "in_process" in result:
+        ip = result["in_process"]
+        print("h. in process, CPU per request (least of the blocks): " + ", ".join(
+            f"{k} {v:.0f} us" for k, v in ip["us_per_request"].items()) + "; cost " + ", ".join(
+            f"{k} {v:+.1%}" for k, v in ip["cost_vs_none"].items()))
     print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}"
                                   for k, v in result["met"].items()))
 
@@ -377,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = ensure_model(args.model_dir, workdir)
         load_before = os.getloadavg()
         auth = auth_costs(model_dir, workdir, args.duration, args.rounds)
+        auth["in_process"] = auth_in_process(model_dir, workdir)
         if args.auth_only:
             print_auth(auth)
             print(f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
