@@ -205,7 +205,8 @@ def _create_tables(engine: Engine) -> None:
 
 def _add_identity_columns(engine: Engine) -> None:
     """Give a table made before the identity columns existed those (nullable) columns
-    and their index; old rows keep NULL there (no owner: only ``feedback:all`` sees them)."""
+    and their index. Old rows get their ``request_id`` as ``prediction_id`` (what feedback
+    addressed them by) and no ``client``: only ``feedback:all`` can label them."""
     present = {c["name"] for c in sa.inspect(engine).get_columns("predictions")}
     missing = [name for name in _ADDED_COLUMNS if name not in present]
     if not missing:
@@ -215,6 +216,8 @@ def _add_identity_columns(engine: Engine) -> None:
             column = predictions.c[name]
             kind = column.type.compile(dialect=engine.dialect)
             conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
+        if "prediction_id" in missing:
+            conn.execute(predictions.update().values(prediction_id=predictions.c.request_id))
     for index in predictions.indexes:
         index.create(engine, checkfirst=True)
 
