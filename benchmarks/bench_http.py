@@ -285,8 +285,9 @@ def auth_costs(model_dir: Path, workdir: Path, duration: int, rounds: int) -> di
         headers = {"none": {}, "api_key": {"Authorization": f"Bearer {key}"},
                    "jwt": {"Authorization": f"Bearer {token}"}}
         runs: dict[str, list[dict]] = {name: [] for name in headers}
-        for _ in range(rounds):
-            for name in headers:
+        names = list(headers)
+        for r in range(rounds):
+            for name in names[r % 3:] + names[:r % 3]:  # each kind goes first once in 3
                 before = workers_cpu_s(servers[name].process.pid)
                 run = wrk(servers[name].port, "/predict?reasons=false", body, duration,
                           workdir, headers=headers[name])
