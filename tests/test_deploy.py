@@ -199,9 +199,8 @@ def test_api_image_copies_only_what_serving_needs():
             sources.add((f"{stage[1]}:" if stage else "") + source.rstrip("/"))
     assert sources == {"ml", "app", "gunicorn.conf.py", "data",
                        "trainer:/opt/app-root/src/models",
-                       "native:/opt/app-root/src/ml/serving/_treewalk.*.so",
-                       "native:/opt/app-root/src/ml/batch/_csvbytes.*.so"}
-    # The compiler stays in the native stage: it builds the C modules from setup.py only.
+                       "native:/opt/app-root/src/ml/serving/_treewalk.*.so"}
+    # The compiler stays in the native stage: it builds the C module from setup.py only.
     native = dockerfile_stages()["native"]
     assert native[0][1].startswith("deps ")
     assert "python setup.py build_ext --inplace" in instructions(native, "RUN")
@@ -257,13 +256,12 @@ def test_dockerignore_sends_only_code_and_embedded_data_to_the_builder():
                 if line.strip() and not line.startswith("#")]
     for kept in ("requirements.txt", "gunicorn.conf.py", "ml/training/train.py",
                  "app/__init__.py", "data/german_credit.csv", "setup.py",
-                 "ml/serving/_treewalk.c", "ml/batch/_csvbytes.c"):
+                 "ml/serving/_treewalk.c"):
         assert not dockerignored(kept, patterns), f"{kept} must reach the build"
     for dropped in (".git/config", ".venv/bin/python", "models/LATEST", "tests/test_deploy.py",
                     ".env", "app/__pycache__/api.cpython-311.pyc", "k8s/base/deployment.yaml",
                     "coverage.xml", "reports/x.json", ".github/workflows/cd.yml",
-                    "ml/serving/_treewalk.cpython-311-x86_64-linux-gnu.so",
-                    "ml/batch/_csvbytes.cpython-311-x86_64-linux-gnu.so"):
+                    "ml/serving/_treewalk.cpython-311-x86_64-linux-gnu.so"):
         assert dockerignored(dropped, patterns), f"{dropped} must stay out of the build context"
 
 
@@ -741,6 +739,9 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy2(ROOT / "gunicorn.conf.py", src)
         shutil.copytree(model_dir, src / "models")
+        # The trusted public key, mounted from a ConfigMap in the cluster (docs/deploy.md,
+        # "Signing"): here the session's test key that signed the artifact.
+        shutil.copytree(os.environ["MODEL_TRUSTED_KEYS"], src / "trusted-keys")
         # The API key file, as the pod mounts it from a Secret (auth is on by default).
         from app.auth_keys import create_key
 
@@ -768,6 +769,7 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
         env.update({k: in_image(v) for k, v in config.items()})
         env["PORT"] = str(port)
         env["API_KEYS_FILE"] = str(keys_file)
+        env.setdefault("MODEL_TRUSTED_KEYS", str(src / "trusted-keys"))
         command = api_command()
         assert command[0] == "gunicorn" and (BIN / "gunicorn").is_file()
 
