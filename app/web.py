@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 
 from app import logs, services
+from app.auth import current_identity
 from app.model import get_state
 from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature, validate_record
 
@@ -157,12 +158,13 @@ def submit() -> Response:
         return _page(400, spec=spec, predictor=predictor, errors=errors, values=values)
     config = current_app.config
     results = services.predict(predictor, [record], True, config["MAX_REASONS"])
+    prediction_id = logs.new_request_id()  # the store's key, as for POST /predict
     logs.annotate(**services.record_prediction(
         current_app._get_current_object(), logs.request_id(), predictor, [record], results,
-        False, config["LOG_FEATURES"]))
+        False, config["LOG_FEATURES"], prediction_id, current_identity().principal))
     return _page(spec=spec, predictor=predictor, errors={}, values=values,
                  result=describe_result(predictor, results[0]),
-                 request_id=logs.request_id())
+                 request_id=prediction_id)
 
 
 def init_app(app: Flask) -> None:

@@ -15,6 +15,8 @@ from threadpoolctl import threadpool_limits
 from werkzeug.serving import make_server
 
 from app import create_app
+from app.auth import SCOPES
+from app.auth_keys import create_key
 from helpers import CHROMEDRIVER, CHROMIUM, CLIENT_HEADERS, browser_or_skip
 from ml.serving import signing
 from ml.serving.artifact import read_card
@@ -35,6 +37,32 @@ def private_prediction_store(tmp_path_factory):
         os.environ.pop("DATABASE_URL", None)
     else:
         os.environ["DATABASE_URL"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def credentials(tmp_path_factory):
+    """The whole suite runs authenticated: one all-scopes API key in a session key file.
+
+    Every test app (``BASE_SETTINGS``), every ``create_app()`` and gunicorn started from the
+    environment (``API_KEYS_FILE``) accept it, and every test request sends it
+    (``CLIENT_HEADERS``, the browser too). Rate limits are lifted far above what any test
+    sends; ``test_auth.py`` tests the limits, the refusals and the scopes.
+    """
+    path = str(tmp_path_factory.mktemp("credentials") / "api-keys.yaml")
+    key = create_key(path, "test-suite", SCOPES)
+    settings = {"API_KEYS_FILE": path, "RATELIMIT_PREDICT": "100000/second",
+                "RATELIMIT_FEEDBACK": "100000/second"}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    BASE_SETTINGS.update(settings)
+    CLIENT_HEADERS["Authorization"] = f"Bearer {key}"
+    yield key
+    CLIENT_HEADERS.pop("Authorization", None)
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -188,5 +216,8 @@ def browser(tmp_path_factory):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
+    # Authenticated like every test client: the suite's key on every request of the page.
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": dict(CLIENT_HEADERS)})
     yield driver
     driver.quit()

@@ -75,7 +75,7 @@ def test_predict_batch_returns_predictions_in_order(client, example):
     response = client.post("/predict", json={"instances": [example, older, example]})
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"predictions", "model", "request_id"}
+    assert set(body) == {"predictions", "model", "request_id", "prediction_id"}
     first, _, third = body["predictions"]
     assert len(body["predictions"]) == 3
     assert first == third
@@ -191,10 +191,13 @@ BAD_BODIES = [
     ("null_value", lambda ex: _with(ex, age_in_years=None), ["age_in_years"]),
     ("nested_object", lambda ex: _with(ex, age_in_years={"$gt": SECRET}), ["age_in_years"]),
     ("nested_array", lambda ex: _with(ex, purpose=[SECRET]), ["purpose"]),
-    ("huge_float", lambda ex: json.dumps(ex)[:-1] + ', "credit_amount": 1e400}', None),
+    # The raw bodies drop the field first: a repeated key is refused for that alone.
+    ("huge_float", lambda ex: json.dumps(_without(ex, "credit_amount"))[:-1]
+     + ', "credit_amount": 1e400}', None),
     ("huge_integer", lambda ex: _with(ex, credit_amount=10 ** 400), ["credit_amount"]),
     ("overlong_integer_literal",
-     lambda ex: json.dumps(ex)[:-1] + ', "credit_amount": ' + "9" * 5000 + "}", ["credit_amount"]),
+     lambda ex: json.dumps(_without(ex, "credit_amount"))[:-1] + ', "credit_amount": '
+     + "9" * 5000 + "}", ["credit_amount"]),
     ("long_unknown_field_name", lambda ex: _with(ex, **{"k" * 500: 1}), ["(long name)"]),
     ("several_problems", lambda ex: _with(_without(ex, "job"), age_in_years=5, purpose="x"),
      ["job", "age_in_years", "purpose"]),

@@ -12,7 +12,7 @@ import pytest
 from app import create_app, services
 from app.config import SETTINGS, load_config
 from app.errors import APIError
-from helpers import json_lines, request_lines
+from helpers import CLIENT_HEADERS, json_lines, request_lines
 
 
 # --------------------------------------------------------------------------- config
@@ -61,6 +61,7 @@ def test_create_app_reads_the_environment(monkeypatch, trained_model_dir, exampl
     monkeypatch.setenv("MODEL_DIR", str(trained_model_dir))
     monkeypatch.setenv("MAX_BATCH", "2")
     client = create_app().test_client()
+    client.environ_base.update({"HTTP_AUTHORIZATION": CLIENT_HEADERS["Authorization"]})
     assert client.get("/ready").status_code == 200
     assert client.post("/predict", json={"instances": [example] * 3}).status_code == 400
     assert client.post("/predict", json={"instances": [example] * 2}).status_code == 200

@@ -93,7 +93,7 @@ def requests_for_every_route(server: Server) -> dict[str, tuple]:
     form = urllib.parse.urlencode({k: "" if v is None else v for k, v in example.items()})
     return {
         "/predict": ("/predict", example, {"X-Request-ID": "boundary"}),
-        "/feedback": ("/feedback", {"request_id": "boundary", "outcome": "bad"}),
+        "/feedback": None,  # addressed to the prediction made first (its prediction_id)
         "/monitoring": ("/monitoring?last=50",),
         "/metrics": ("/metrics",),
         "/model": ("/model",),
@@ -110,7 +110,10 @@ def requests_for_every_route(server: Server) -> dict[str, tuple]:
 def test_no_worker_loads_training_libraries_after_every_route(server):
     routes = requests_for_every_route(server)
     # Stored before it is labelled: the feedback may reach the other worker.
-    assert call(server.url + "/predict", *routes["/predict"][1:])[0] == 200
+    status, _, made = call(server.url + "/predict", *routes["/predict"][1:])
+    assert status == 200
+    routes["/feedback"] = ("/feedback", {"prediction_id": made["prediction_id"],
+                                         "outcome": "bad"})
     time.sleep(1.0)  # > STORE_FLUSH_SECONDS (0.2 s), the write-behind delay
     served: dict[str, set[int]] = {name: set() for name in routes}
     for round_ in range(ROUNDS):

@@ -199,7 +199,7 @@ def test_submit_shows_the_same_prediction_as_the_api(client, app, predictor, exa
     assert kwargs["records"] == [predictor.card["example"]]
     assert kwargs["results"][0]["probability_of_default"] == api["probability_of_default"]
     assert kwargs["batch"] is False
-    assert kwargs["request_id"] in html
+    assert kwargs["prediction_id"] in html  # the reference feedback is recorded against
     assert response.headers["Cache-Control"] == "no-store"
 
 
