@@ -11,7 +11,8 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from app import api, errors, logs, metrics, model, monitoring, swagger, web
+from app import (api, auth, auth_guard, errors, logs, metrics, model, monitoring, sso, swagger,
+                 web)
 from app.config import load_config
 
 
@@ -30,10 +31,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     logs.init_app(app)  # first: its after_request runs last and logs the final status
     errors.init_app(app)
+    auth.init_app(app)
     model.init_app(app)
     metrics.init_app(app)
     app.register_blueprint(api.bp)
     monitoring.init_app(app)  # prediction store, POST /feedback, GET /monitoring
     web.init_app(app)  # the HTML form at /
+    sso.init_app(app)  # people sign in (SSO or an API key), then use a session cookie
     swagger.init_app(app)
+    auth_guard.init_app(app)
     return app

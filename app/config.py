@@ -49,6 +49,13 @@ def _write_mode(text: str) -> str:
     return mode
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected a whole number from 0, got {text!r}")
+    return value
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -84,6 +91,21 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
                                              "neither last nor days is given"),
     "MONITORING_MAX_ROWS": (100000, _positive_int, "Most predictions one GET /monitoring "
                                                    "reads (the newest of its window)"),
+    # People signing in (app/sso.py): the form and the Swagger UI.
+    "SECRET_KEY": (None, str, "Signs the session cookie; from a Secret (default: random per "
+                              "start, so sign-ins end on a restart and do not span pods)"),
+    "SECRET_KEY_FILE": (None, str, "File holding SECRET_KEY (a mounted Secret)"),
+    "OIDC_CLIENT_ID": (None, str, "This app's client id at the OIDC issuer: with OIDC_ISSUER, "
+                                  "people sign in with SSO (else with an API key)"),
+    "OIDC_CLIENT_SECRET": (None, str, "This app's client secret at the issuer (from a Secret)"),
+    "OIDC_REDIRECT_URI": (None, str, "Redirect URI registered at the issuer (default: "
+                                     "<this server>/signin/callback)"),
+    "OIDC_SIGNIN_SCOPES": ("openid profile score", str, "Scopes requested when a person "
+                                                        "signs in with SSO"),
+    "TRUSTED_PROXIES": (0, _non_negative_int, "Proxies in front whose X-Forwarded-* headers "
+                                              "are trusted (OpenShift's router: 1), so the "
+                                              "session cookie is Secure behind edge TLS"),
+    "SESSION_HOURS": (8, _positive_int, "Longest a browser stays signed in"),
 }
 
 
