@@ -280,6 +280,10 @@ def init_app(app: Flask) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,
                                 x_port=hops)
     if oidc_enabled(app):
+        # Sign-out's redirect leads on to the SSO, and browsers apply form-action to the
+        # redirects of a form's POST: app.auth_guard's CSP adds this origin.
+        issuer = urlsplit(config["OIDC_ISSUER"])
+        config["CSP_FORM_ACTION_EXTRA"] = f" {issuer.scheme}://{issuer.netloc}"
         app.extensions[EXTENSION] = OAuth(app).register(
             PROVIDER, client_id=config["OIDC_CLIENT_ID"],
             client_secret=config.get("OIDC_CLIENT_SECRET"),

@@ -10,7 +10,7 @@
 //   OIDC_TEST_POST_LOGOUT_URIS                    space-separated allowed post-logout URIs
 //   OIDC_TEST_AUDIENCE                            the API's audience (access tokens are JWTs for it)
 //
-// Users (password "correct horse"): "officer" may score, "visitor" has no API scope.
+// Users (password "correct horse"): "officer" may score, "visitor" may only monitor.
 // Access tokens carry the granted API scopes in `scope` and the user's `roles`.
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
@@ -22,7 +22,7 @@ const API_SCOPES = 'score feedback monitor metrics';
 const PASSWORD = 'correct horse';
 const USERS = {
   officer: { name: 'Olivia Officer', email: 'officer@bank.test', scopes: ['score'], roles: ['credit-officer'] },
-  visitor: { name: 'Victor Visitor', email: 'visitor@bank.test', scopes: [], roles: [] },
+  visitor: { name: 'Victor Visitor', email: 'visitor@bank.test', scopes: ['monitor'], roles: ['analyst'] },
 };
 
 const env = (name) => {
@@ -102,9 +102,10 @@ async function finishLogin(provider, req, res, details, login) {
   grant.addOIDCScope(details.params.scope.split(' ').filter((s) => ['openid', 'profile', 'email'].includes(s)).join(' '));
   const requested = new Set(details.params.scope.split(' '));
   const allowed = USERS[login].scopes.filter((s) => requested.has(s));
+  const refused = API_SCOPES.split(' ').filter((s) => requested.has(s) && !allowed.includes(s));
   const audience = process.env.OIDC_TEST_AUDIENCE;
-  if (allowed.length) grant.addResourceScope(audience, allowed.join(' '));
-  else grant.addResourceScope(audience, '');
+  grant.addResourceScope(audience, allowed.join(' '));
+  if (refused.length) grant.rejectResourceScope(audience, refused.join(' ')); // not theirs
   const grantId = await grant.save();
   await provider.interactionFinished(req, res, { login: { accountId: login }, consent: { grantId } },
     { mergeWithLastSubmission: false });
@@ -142,7 +143,10 @@ function main() {
     provider = new Provider(issuer, configuration(env('OIDC_TEST_AUDIENCE')));
     process.stdout.write(`${JSON.stringify({ issuer })}\n`);
   });
-  process.on('SIGTERM', () => server.close(() => process.exit(0)));
+  process.on('SIGTERM', () => {
+    server.closeAllConnections(); // the browser's keep-alive connections would hold it open
+    server.close(() => process.exit(0));
+  });
 }
 
 main();
