@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 ENV ?= prod
 IMAGE ?= credit-risk-api
+LOCAL_KEYS ?= .local/api-keys.yaml
 TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 DEB_PACKAGES := chromium chromium-driver postgresql prometheus wrk
 
@@ -48,7 +49,15 @@ api: install ## Serve the latest artifact with gunicorn on :$(PORT)
 
 run: install ## Train the default model if none exists, then serve on :$(PORT) (Swagger at /apidocs)
 	@test -f models/LATEST || $(PY) -m ml train
-	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
+	@# Access control: a local key file with one all-scopes key, made (and shown) once.
+	@if [ -z "$$API_KEYS_FILE$$OIDC_ISSUER" ] && [ ! -f $(LOCAL_KEYS) ]; then \
+	  key=$$($(PY) -m app keys --file $(LOCAL_KEYS) create --name local --scopes all) && \
+	  echo "API key (shown once, all scopes): $$key" && \
+	  echo "  curl -H 'Authorization: Bearer $$key' http://localhost:$(PORT)/model"; \
+	fi
+	@echo "Form: http://localhost:$(PORT)/  API docs: http://localhost:$(PORT)/apidocs/"
+	API_KEYS_FILE=$${API_KEYS_FILE:-$$( [ -n "$$OIDC_ISSUER" ] || echo $(LOCAL_KEYS))} \
+	  PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
 
 test: system-deps install-dev ## Install everything and run the whole test suite with coverage
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml

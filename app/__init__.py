@@ -31,7 +31,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     logs.init_app(app)  # first: its after_request runs last and logs the final status
     errors.init_app(app)
-    auth.init_app(app)
+    auth.init_app(app)  # the edge check: after logs (it notes the caller), before the rest
     model.init_app(app)
     metrics.init_app(app)
     app.register_blueprint(api.bp)
@@ -39,5 +39,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     web.init_app(app)  # the HTML form at /
     sso.init_app(app)  # people sign in (SSO or an API key), then use a session cookie
     swagger.init_app(app)
-    auth_guard.init_app(app)
+    auth_guard.init_app(app)  # rate limits on the routes above, body bound, HTML headers
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request
 
 from app import logs, services
+from app.auth import current_identity
 from app.errors import APIError, error_response
 from app.model import get_predictor, get_state
 
@@ -49,7 +50,7 @@ def model_card() -> Response:
 @bp.post("/predict")
 def predict() -> Response:
     """Score one applicant object, or ``{"instances": [...]}``; ``?reasons=false`` skips
-    the reason codes."""
+    the reason codes. Needs the ``score`` scope (checked at the edge, :mod:`app.auth`)."""
     predictor = get_predictor()
     if not request.is_json:
         raise APIError(415, "Send the request body as application/json.")
@@ -58,11 +59,15 @@ def predict() -> Response:
     records, results, batch = services.score_body(predictor, request.get_data(cache=False),
                                                   reasons, config["MAX_BATCH"],
                                                   config["MAX_REASONS"])
-    request_id = logs.request_id()
+    # The store's key is issued here, unguessable; the client's X-Request-ID is only its
+    # correlation id (reusing someone else's must not reach their prediction).
+    request_id, prediction_id = logs.request_id(), logs.new_request_id()
     logs.annotate(**services.record_prediction(current_app._get_current_object(), request_id,
                                                predictor, records, results, batch,
-                                               config["LOG_FEATURES"]))
-    response = _json(services.response_body(predictor, results, batch, request_id))
+                                               config["LOG_FEATURES"], prediction_id,
+                                               current_identity().principal))
+    response = _json(services.response_body(predictor, results, batch, request_id,
+                                            prediction_id))
     # Credit decisions are personal data: no shared cache may keep them.
     response.headers["Cache-Control"] = "no-store"
     return response

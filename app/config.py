@@ -14,6 +14,10 @@ from ml.spec.config import models_dir
 
 MIB = 1024 * 1024
 
+# JWS algorithms with a public verification key: an HS* key would be the public key itself.
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+                         "ES384", "ES512", "EdDSA")
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -47,6 +51,26 @@ def _write_mode(text: str) -> str:
     if mode not in ("async", "sync"):
         raise ValueError(f"expected async or sync, got {text!r}")
     return mode
+
+
+def _algorithms(text: str) -> tuple[str, ...]:
+    """A comma-separated allow-list of asymmetric JWS algorithms (never ``none`` or HS*)."""
+    names = tuple(a.strip() for a in text.split(",") if a.strip())
+    bad = [a for a in names if a not in ASYMMETRIC_ALGORITHMS]
+    if not names or bad:
+        raise ValueError(f"expected asymmetric algorithms among {', '.join(ASYMMETRIC_ALGORITHMS)}"
+                         f", got {text!r}")
+    return names
+
+
+def _rate_limit(text: str) -> str:
+    from limits import parse_many
+
+    try:
+        parse_many(text)
+    except ValueError:
+        raise ValueError(f"expected a rate limit such as 100/second, got {text!r}") from None
+    return text
 
 
 def _non_negative_int(text: str) -> int:
@@ -91,6 +115,30 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
                                              "neither last nor days is given"),
     "MONITORING_MAX_ROWS": (100000, _positive_int, "Most predictions one GET /monitoring "
                                                    "reads (the newest of its window)"),
+    "AUTH_REQUIRED": (True, parse_bool, "Require a bearer credential on every route but "
+                                        "/health_check and /ready (false: open, for local "
+                                        "experiments only)"),
+    "API_KEYS_FILE": (None, str, "JSON/YAML file of API key hashes, names and scopes "
+                                 "(python -m app keys create); re-read when it changes"),
+    "OIDC_ISSUER": (None, str, "OpenID Connect issuer whose access tokens (JWT) are accepted, "
+                               "e.g. https://sso.example/realms/bank"),
+    "OIDC_AUDIENCE": (None, str, "The aud claim an access token must carry for this API"),
+    "OIDC_JWKS_URL": (None, str, "The issuer's JWKS URL (default: jwks_uri of its "
+                                 "/.well-known/openid-configuration)"),
+    "OIDC_ALGORITHMS": (("RS256", "ES256", "PS256"), _algorithms,
+                        "Comma-separated JWS algorithms accepted (asymmetric only)"),
+    "OIDC_ROLES_CLAIM": (None, str, "Dotted path of a claim listing scopes as roles, e.g. "
+                                    "realm_access.roles (besides the scope claim)"),
+    "OIDC_LEEWAY_SECONDS": (30, _non_negative_int, "Clock skew allowed on exp and nbf"),
+    "OIDC_JWKS_COOLDOWN_SECONDS": (30, _non_negative_int, "Least seconds between two "
+                                                          "JWKS refetches for unknown kids"),
+    "TOKEN_CACHE_SIZE": (10000, _positive_int, "Verified access tokens kept (until they "
+                                               "expire) so each is verified once"),
+    "RATELIMIT_STORAGE_URI": ("memory://", str, "Where rate-limit counters live: memory:// "
+                                                "(per worker) or redis://host:6379 (shared)"),
+    "RATELIMIT_PREDICT": ("100/second", _rate_limit, "Per-client limit on POST /predict "
+                                                     "and the form POST, e.g. 100/second"),
+    "RATELIMIT_FEEDBACK": ("20/second", _rate_limit, "Per-client limit on POST /feedback"),
     # People signing in (app/sso.py): the form and the Swagger UI.
     "SECRET_KEY": (None, str, "Signs the session cookie; from a Secret (default: random per "
                               "start, so sign-ins end on a restart and do not span pods)"),

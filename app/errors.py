@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -29,11 +29,13 @@ class APIError(Exception):
     """A request the API refuses: an HTTP status, a sentence, and the problems by field."""
 
     def __init__(self, status: int, message: str,
-                 details: Iterable[dict[str, str]] = ()) -> None:
+                 details: Iterable[dict[str, str]] = (),
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = list(details)
+        self.headers = dict(headers or {})  # e.g. WWW-Authenticate, Retry-After
 
 
 def error_body(status: int, message: str,
@@ -46,15 +48,20 @@ def error_body(status: int, message: str,
 def error_response(status: int, message: str,
                    details: Iterable[dict[str, str]] = ()) -> Response:
     """A JSON error response in the API's one shape."""
-    return Response(json.dumps(error_body(status, message, details)), status=status,
-                    mimetype="application/json")
+    response = Response(json.dumps(error_body(status, message, details)), status=status,
+                        mimetype="application/json")
+    # Errors can follow a credential check or carry a request's problems: never cached.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def handle_api_error(exc: APIError) -> Response:
     """Answer an :class:`APIError` as it asks; its problems (never values) go to the log."""
     if exc.details and "request_info" in g:
         logs.annotate(problems=exc.details[:20])
-    return error_response(exc.status, exc.message, exc.details)
+    response = error_response(exc.status, exc.message, exc.details)
+    response.headers.update(exc.headers)
+    return response
 
 
 def handle_http_exception(exc: HTTPException) -> Response:

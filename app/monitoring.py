@@ -1,14 +1,22 @@
 """Outcomes and monitoring: ``POST /feedback`` and ``GET /monitoring``.
 
 Feedback labels a stored prediction with what happened (the spec's target values, e.g.
-``good`` / ``bad``); it is idempotent: the same outcome again answers 200 unchanged, a
-different one 409. Monitoring computes drift and performance for a window of stored
-predictions (:func:`ml.monitoring.monitor.build_report`) and publishes the headline figures as
+``good`` / ``bad``), addressed by the ``prediction_id`` the server issued. It is
+idempotent: the same outcome again answers 200 unchanged, a different one 409. Outcomes
+belong to someone: a client with the ``feedback`` scope labels only its own predictions
+(another's answers 404, as a missing one: its existence is not revealed);
+``feedback:all`` labels anyone's. A recorded outcome changes only by an explicit
+correction, ``"correction": true`` with a ``reason``, which needs ``feedback:correct``
+and is kept in ``outcome_corrections`` and logged. Who recorded it is stored with it.
+
+Monitoring computes drift and performance for a window of stored predictions
+(:func:`ml.monitoring.monitor.build_report`) and publishes the headline figures as
 Prometheus gauges, which the alert rules in ``monitoring/alerts.yml`` watch.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any, Mapping
 
@@ -16,12 +24,14 @@ from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import Gauge
 
 from app import logs, services, store
+from app.auth import current_identity, forbidden
 from app.errors import APIError
 from app.model import get_predictor
 from app.store import get_store
 from ml.monitoring.store import STORE_ERRORS, StoreUnavailable
 
 bp = Blueprint("monitoring", __name__)
+log = logging.getLogger(__name__)
 
 # "mostrecent": under gunicorn the figure of the last computation wins, whichever
 # worker made it (a sum or max over workers would be meaningless for a PSI).
@@ -37,19 +47,21 @@ OUTCOME = Gauge("credit_api_outcome_metric", "Performance on labelled outcomes o
 WINDOW_ROWS = Gauge("credit_api_monitoring_rows", "Predictions in the last monitoring window.",
                     multiprocess_mode="mostrecent")
 
-FEEDBACK_FIELDS = ("request_id", "outcome", "index")
+FEEDBACK_FIELDS = ("prediction_id", "outcome", "index", "correction", "reason")
 
 
 def parse_feedback(payload: Any, outcomes: tuple[str, str]) -> tuple[str, int, str]:
-    """``(request_id, index, outcome)`` from a decoded body; 400 listing every problem."""
+    """``(prediction_id, index, outcome)`` from a decoded body; 400 listing every problem
+    (:func:`parse_correction` reads the correction fields)."""
     if not isinstance(payload, dict):
         raise APIError(400, "The request body must be a JSON object.",
                        [{"field": "body", "problem": "must be a JSON object"}])
     problems = [{"field": str(k) if len(str(k)) <= 64 else "(long name)",
                  "problem": "is not a known field"} for k in payload if k not in FEEDBACK_FIELDS]
-    request_id = payload.get("request_id")
-    if not isinstance(request_id, str) or not logs.sane_request_id(request_id) == request_id:
-        problems.append({"field": "request_id", "problem": "must be the request_id a "
+    prediction_id = payload.get("prediction_id")
+    if (not isinstance(prediction_id, str)
+            or not logs.sane_request_id(prediction_id) == prediction_id):
+        problems.append({"field": "prediction_id", "problem": "must be the prediction_id a "
                          "prediction answered (1-128 letters, digits or ._:-)"})
     outcome = payload.get("outcome")
     if not isinstance(outcome, str) or outcome not in outcomes:
@@ -60,10 +72,29 @@ def parse_feedback(payload: Any, outcomes: tuple[str, str]) -> tuple[str, int, s
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1_000_000:
         problems.append({"field": "index", "problem": "must be a whole number from 0, the "
                          "applicant's position in a batch"})
+    problems.extend(_correction_problems(payload))
     if problems:
         raise APIError(400, f"The feedback has {len(problems)} problem"
                             f"{'s' if len(problems) > 1 else ''}.", problems)
-    return request_id, index, outcome
+    return prediction_id, index, outcome
+
+
+def _correction_problems(payload: dict[str, Any]) -> list[dict[str, str]]:
+    correction, reason = payload.get("correction", False), payload.get("reason")
+    problems = []
+    if not isinstance(correction, bool):
+        problems.append({"field": "correction", "problem": "must be true or false"})
+    elif correction and not (isinstance(reason, str) and 3 <= len(reason.strip()) <= 500):
+        problems.append({"field": "reason", "problem": "a correction needs a reason of 3 "
+                         "to 500 characters"})
+    elif not correction and reason is not None:
+        problems.append({"field": "reason", "problem": "is only for a correction"})
+    return problems
+
+
+def parse_correction(payload: dict[str, Any]) -> str | None:
+    """The reason of a requested correction (a validated body), None for plain feedback."""
+    return payload["reason"].strip() if payload.get("correction") else None
 
 
 def parse_window(args: Mapping[str, str], default_last: int, most: int) -> dict[str, Any]:
@@ -122,24 +153,36 @@ def _unavailable(exc: StoreUnavailable, operation: str) -> APIError:
 
 @bp.post("/feedback")
 def feedback() -> Response:
-    """Label a stored prediction with its observed outcome (idempotent)."""
+    """Label a stored prediction the caller may see with its observed outcome (idempotent;
+    changed only by an explicit correction)."""
     predictor = get_predictor()
     if not request.is_json:
         raise APIError(415, "Send the request body as application/json.")
     target = predictor.spec.target
     payload = services.decode_json(request.get_data(cache=False))
-    request_id, index, outcome = parse_feedback(payload, (target.negative, target.positive))
+    prediction_id, index, outcome = parse_feedback(payload, (target.negative, target.positive))
+    reason = parse_correction(payload)
+    identity = current_identity()
+    if reason is not None and not identity.has("feedback:correct"):
+        raise forbidden("feedback:correct")
+    owner = None if identity.has("feedback:all") else identity.principal
     try:
-        state, row = get_store().label(request_id, index, outcome)
+        state, row = get_store().label(prediction_id, index, outcome, by=identity.principal,
+                                       owner=owner, correction=reason)
     except StoreUnavailable as exc:
         raise _unavailable(exc, "feedback") from None
     if state == "unknown":
-        raise APIError(404, "No stored prediction has this request_id and index.")
+        raise APIError(404, "No stored prediction you may label has this prediction_id and "
+                            "index.")
     if state == "conflict":
         raise APIError(409, "This prediction already has a different outcome; outcomes are "
-                            "not overwritten.")
-    logs.annotate(feedback=state)
-    return _json({"request_id": request_id, "index": index, "outcome": row["outcome"],
+                            "changed only by a correction.")
+    logs.annotate(feedback=state, prediction_id=prediction_id)
+    if state == "corrected":
+        log.warning("outcome corrected", extra={"prediction_id": prediction_id,
+                                                "index": index, "by": identity.principal,
+                                                "reason": reason})
+    return _json({"prediction_id": prediction_id, "index": index, "outcome": row["outcome"],
                   "status": state})
 
 

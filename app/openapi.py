@@ -17,13 +17,18 @@ ERROR_STATUSES = {
     400: "The request is invalid: malformed JSON (NaN and Infinity included), not an "
          "object, or applicants with missing, unknown, mistyped or out-of-range fields. "
          "`details` lists every problem at once; values are never echoed back.",
-    404: "No such route; for POST /feedback: no stored prediction has this request_id "
-         "and index.",
-    409: "POST /feedback: the prediction already has a different outcome (outcomes are "
-         "never overwritten).",
+    404: "No such route; for POST /feedback: no stored prediction the caller may label has "
+         "this prediction_id and index.",
+    409: "POST /feedback: the prediction already has a different outcome (changed only by "
+         "a correction).",
     405: "The route exists but not for this method; the `Allow` header lists the methods.",
     413: "The request body is larger than `MAX_CONTENT_LENGTH` bytes.",
     415: "The request body is not `application/json`.",
+    401: "No valid bearer credential (an API key, or an access token of the configured "
+         "issuer); `WWW-Authenticate` carries RFC 6750's `error`.",
+    403: "The credential is valid but lacks the operation's scope (`WWW-Authenticate`: "
+         "`error=\"insufficient_scope\"`).",
+    429: "Too many requests from this client; `Retry-After` says how many seconds to wait.",
     503: "The model is not loaded or failed its self-test; `message` says why "
          "(GET /ready too).",
 }
@@ -126,21 +131,27 @@ def result_schemas(card: dict[str, Any], max_reasons: int) -> dict[str, Any]:
 def envelope_schemas() -> dict[str, Any]:
     """Schemas of the single and batch answers, the model reference and the error."""
     model_ref = {"$ref": REF + "ModelRef"}
-    request_id = {"type": "string", "description": "The caller's `X-Request-ID` if it "
-                  "was a sane token, else a generated one."}
+    request_id = {"type": "string", "description": "The correlation id: the caller's "
+                  "`X-Request-ID` if it was a sane token, else a generated one."}
+    prediction_id = {"type": "string", "pattern": "^[0-9a-f]{32}$",
+                     "description": "Issued by the server, unguessable: the id "
+                     "`POST /feedback` records the outcome against."}
     return {
         "ModelRef": {"type": "object", "required": ["name", "version"],
                      "properties": {"name": {"type": "string"},
                                     "version": {"type": "string"}}},
         "PredictionResponse": {"allOf": [
             {"$ref": REF + "Prediction"},
-            {"type": "object", "required": ["model", "request_id"],
-             "properties": {"model": model_ref, "request_id": request_id}}]},
+            {"type": "object", "required": ["model", "request_id", "prediction_id"],
+             "properties": {"model": model_ref, "request_id": request_id,
+                            "prediction_id": prediction_id}}]},
         "BatchResponse": {
-            "type": "object", "required": ["predictions", "model", "request_id"],
+            "type": "object", "required": ["predictions", "model", "request_id",
+                                           "prediction_id"],
             "properties": {"predictions": {"type": "array",
                                            "items": {"$ref": REF + "Prediction"}},
-                           "model": model_ref, "request_id": request_id}},
+                           "model": model_ref, "request_id": request_id,
+                           "prediction_id": prediction_id}},
         "Error": {
             "type": "object", "required": ["error", "message", "details"],
             "properties": {
@@ -230,7 +241,9 @@ def monitoring_paths(max_rows: int) -> dict[str, Any]:
             "operationId": "feedback", "tags": ["monitoring"],
             "summary": "Record the observed outcome of a stored prediction (idempotent)",
             "description": "The same outcome again answers 200 with status `unchanged`; a "
-                           "different outcome for a labelled prediction answers 409.",
+                           "different outcome for a labelled prediction answers 409 unless "
+                           "sent as a correction. Only the caller's own predictions are "
+                           "found (404 otherwise), all with `feedback:all`.",
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": REF + "Feedback"}}}},
             "responses": {"200": _json("FeedbackResponse", "The outcome is recorded."),
@@ -264,24 +277,32 @@ def monitoring_schemas(card: dict[str, Any]) -> dict[str, Any]:
                                "target values (negative = repaid, positive = defaulted)."}
     if outcomes:
         outcome["enum"] = outcomes
-    request_id = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
-                  "description": "The `request_id` the prediction answered."}
+    prediction_id = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+                     "description": "The `prediction_id` the prediction answered."}
     index = {"type": "integer", "minimum": 0, "maximum": 999999, "default": 0,
              "description": "Position of the applicant in a batch (0 for one applicant)."}
     return {
-        "Feedback": {"type": "object", "required": ["request_id", "outcome"],
+        "Feedback": {"type": "object", "required": ["prediction_id", "outcome"],
                      "additionalProperties": False,
-                     "properties": {"request_id": request_id, "outcome": outcome,
-                                    "index": index},
-                     "example": {"request_id": "3f2c9a", "outcome": outcomes[0] if outcomes
-                                 else "good", "index": 0}},
+                     "properties": {
+                         "prediction_id": prediction_id, "outcome": outcome, "index": index,
+                         "correction": {"type": "boolean", "default": False,
+                                        "description": "Change an outcome already recorded "
+                                        "(scope `feedback:correct`; kept in the audit "
+                                        "trail)."},
+                         "reason": {"type": "string", "minLength": 3, "maxLength": 500,
+                                    "description": "Why, for a correction only."}},
+                     "example": {"prediction_id": "0192f3a1c2d4e5f60718293a4b5c6d7e",
+                                 "outcome": outcomes[0] if outcomes else "good",
+                                 "index": 0}},
         "FeedbackResponse": {"type": "object",
-                             "required": ["request_id", "index", "outcome", "status"],
-                             "properties": {"request_id": {"type": "string"},
+                             "required": ["prediction_id", "index", "outcome", "status"],
+                             "properties": {"prediction_id": {"type": "string"},
                                             "index": {"type": "integer"},
                                             "outcome": {"type": "string"},
                                             "status": {"type": "string",
-                                                       "enum": ["created", "unchanged"]}}},
+                                                       "enum": ["created", "unchanged",
+                                                                "corrected"]}}},
         "MonitoringReport": {
             "type": "object", "required": ["model", "window", "drift", "decisions", "outcomes"],
             "properties": {
@@ -334,6 +355,7 @@ def build_openapi(spec: DatasetSpec | None, card: dict[str, Any] | None,
     }
     document = {
         "openapi": "3.0.3",
+        "security": [{"bearer": []}],
         "info": {"title": "Credit risk API", "version": _package_version(),
                  "description": _description(card)},
         "paths": {**paths(max_batch, example), **monitoring_paths(max_monitoring_rows)},
@@ -341,9 +363,41 @@ def build_openapi(spec: DatasetSpec | None, card: dict[str, Any] | None,
             "schemas": schemas,
             "responses": {f"Error{code}": _json("Error", text)
                           for code, text in ERROR_STATUSES.items()},
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API key (`python -m app keys create`) or an OpenID "
+                               "Connect access token (JWT) of the configured issuer."}},
         },
     }
+    secure(document["paths"])
     return document
+
+
+# Path -> the endpoint whose scope app.auth requires (the documented routes).
+PATH_ENDPOINTS = {"/predict": "api.predict", "/model": "api.model_card",
+                  "/ready": "api.ready", "/health_check": "api.health_check",
+                  "/metrics": "metrics", "/feedback": "monitoring.feedback",
+                  "/monitoring": "monitoring.monitoring"}
+RATE_LIMITED = ("/predict", "/feedback")
+
+
+def secure(paths: dict[str, Any]) -> None:
+    """Mark each operation with what :mod:`app.auth` requires: open ones get
+    ``security: []``, the others their scope and the 401/403 (and 429) answers."""
+    from app.auth import ENDPOINT_SCOPES, OPEN
+
+    for path, operations in paths.items():
+        scope = ENDPOINT_SCOPES.get(PATH_ENDPOINTS.get(path, ""), "")
+        for operation in operations.values():
+            if scope is OPEN:
+                operation["security"] = []
+                continue
+            operation["description"] = (operation.get("description", "") + (
+                f" Needs the `{scope}` scope." if scope else " Needs any valid credential.")
+                ).strip()
+            operation["responses"].update(_errors(401, *((403,) if scope else ())))
+            if path in RATE_LIMITED:
+                operation["responses"].update(_errors(429))
 
 
 def _description(card: dict[str, Any]) -> str:

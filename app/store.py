@@ -27,14 +27,16 @@ def get_store() -> PredictionStore:
 
 def save_predictions(app: Any, request_id: str, records: list[dict[str, Any]],
                      results: list[dict[str, Any]], model_name: str, model_version: str,
-                     batch: bool, **_: Any) -> dict[str, Any]:
-    """``prediction_made`` receiver: queue (or, in ``sync`` mode, write) the rows; returns
-    what became of them, for the request's log line. A failure never fails the request."""
+                     batch: bool, prediction_id: str | None = None, client: str | None = None,
+                     **_: Any) -> dict[str, Any]:
+    """``prediction_made`` receiver: queue (or, in ``sync`` mode, write) the rows, with the
+    server-issued ``prediction_id`` and the caller's identity (``client``); returns what
+    became of them, for the request's log line. A failure never fails the request."""
     store: PredictionStore = app.extensions[EXTENSION]
     if store.write == "async":
         try:
             queued = store.enqueue(request_id, records, results, model_name, model_version,
-                                   batch)
+                                   batch, prediction_id=prediction_id, client=client)
         except StoreUnavailable as exc:
             STORE_ERRORS.labels("write").inc()
             DROPPED_ROWS.labels("unavailable").inc(len(records))
@@ -43,7 +45,8 @@ def save_predictions(app: Any, request_id: str, records: list[dict[str, Any]],
             return {"stored": "queued"}
         return {"stored": "dropped", "store_error": "the store's write queue is full"}
     try:
-        store.save(request_id, records, results, model_name, model_version, batch)
+        store.save(request_id, records, results, model_name, model_version, batch,
+                   prediction_id=prediction_id, client=client)
     except StoreUnavailable as exc:
         STORE_ERRORS.labels("write").inc()
         log.warning("prediction not stored", extra={"reason": str(exc),

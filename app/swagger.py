@@ -8,8 +8,6 @@ versions pull fonts from Google and link to GitHub.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from flasgger import Swagger
 from flask import Flask
 
@@ -20,27 +18,6 @@ SPEC_ROUTE = "/apispec_1.json"
 UI_ROUTE = "/apidocs/"
 
 
-# What Swagger UI's "Authorize" button asks for: the same bearer credentials the API takes.
-BEARER = {"type": "http", "scheme": "bearer",
-          "description": "An API key (python -m app keys create) or an OIDC access token "
-                         "of the bank's issuer."}
-OPEN_PATHS = ("/health_check", "/ready")
-
-
-def add_security(document: dict[str, Any]) -> None:
-    """Declare bearer authentication for every operation but the probes' (unless the
-    document already does), so Swagger UI shows a working "Authorize" button."""
-    schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
-    if schemes:
-        return
-    schemes["bearer"] = BEARER
-    document.setdefault("security", [{"bearer": []}])
-    for path in OPEN_PATHS:
-        for operation in document.get("paths", {}).get(path, {}).values():
-            if isinstance(operation, dict):
-                operation.setdefault("security", [])
-
-
 def init_app(app: Flask) -> None:
     """Serve the generated OpenAPI document and the Swagger UI."""
     predictor = app.extensions[EXTENSION].predictor
@@ -49,7 +26,6 @@ def init_app(app: Flask) -> None:
         predictor.card if predictor else None,
         max_batch=app.config["MAX_BATCH"], max_reasons=app.config["MAX_REASONS"],
         max_monitoring_rows=app.config["MONITORING_MAX_ROWS"])
-    add_security(document)
     config = {
         "headers": [],
         "specs": [{"endpoint": "apispec_1", "route": SPEC_ROUTE,

@@ -20,7 +20,8 @@ from flask import (Blueprint, Flask, Response, current_app, redirect, render_tem
                    url_for)
 
 from app import logs, services
-from app.errors import APIError
+from app.errors import APIError, handle_api_error
+from app.auth import current_identity
 from app.model import get_state
 from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature, validate_record
 
@@ -159,18 +160,29 @@ def submit() -> Response:
         return _page(400, spec=spec, predictor=predictor, errors=errors, values=values)
     config = current_app.config
     results = services.predict(predictor, [record], True, config["MAX_REASONS"])
+    prediction_id = logs.new_request_id()  # the store's key, as for POST /predict
     logs.annotate(**services.record_prediction(
         current_app._get_current_object(), logs.request_id(), predictor, [record], results,
-        False, config["LOG_FEATURES"]))
+        False, config["LOG_FEATURES"], prediction_id, current_identity().principal))
     return _page(spec=spec, predictor=predictor, errors={}, values=values,
                  result=describe_result(predictor, results[0]),
-                 request_id=logs.request_id())
+                 request_id=prediction_id)
+
+
+def wants_page() -> bool:
+    """Whether the caller is a person's browser (it prefers HTML and sends no bearer
+    credential), rather than a script, which gets the API's JSON errors."""
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html" and "Authorization" not in request.headers
 
 
 @bp.errorhandler(APIError)
 def refused(exc: APIError) -> Response:
-    """The edge check's refusals as people see them: a stranger is sent to sign in, a
-    person without the ``score`` scope gets a page saying so."""
+    """The edge check's refusals as people see them: a stranger's browser is sent to sign
+    in, a person without the ``score`` scope gets a page saying so. Scripts get the one
+    JSON error shape (401 with ``WWW-Authenticate``, 403) as on every other route."""
+    if not wants_page():
+        return handle_api_error(exc)
     if exc.status == 401:
         target = request.full_path.rstrip("?") if request.method == "GET" else "/"
         return redirect(url_for("sso.signin", next=target), 303)

@@ -1,20 +1,27 @@
-"""Shared fixtures: the shipped spec and data, and real trained artifacts.
+"""Shared fixtures: the shipped spec and data, real trained artifacts, one app factory.
 
 Artifacts are trained once per session by the real trainer, into temporary folders.
+Plain helpers (free port, HTTP calls, error-shape checks) are in ``helpers.py``.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 from threadpoolctl import threadpool_limits
 from werkzeug.serving import make_server
 
+from app import create_app
+from app.auth import SCOPES
+from app.auth_keys import create_key
+from helpers import CHROMEDRIVER, CHROMIUM, CLIENT_HEADERS, browser_or_skip
+from ml.serving.artifact import read_card
 from ml.spec import config
-from ml.training.data import load_dataset
 from ml.spec.schema import DatasetSpec
+from ml.training.data import load_dataset
 from ml.training.train import TrainOptions, train
 
 
@@ -29,6 +36,32 @@ def private_prediction_store(tmp_path_factory):
         os.environ.pop("DATABASE_URL", None)
     else:
         os.environ["DATABASE_URL"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def credentials(tmp_path_factory):
+    """The whole suite runs authenticated: one all-scopes API key in a session key file.
+
+    Every test app (``BASE_SETTINGS``), every ``create_app()`` and gunicorn started from the
+    environment (``API_KEYS_FILE``) accept it, and every test request sends it
+    (``CLIENT_HEADERS``, the browser too). Rate limits are lifted far above what any test
+    sends; ``test_auth.py`` tests the limits, the refusals and the scopes.
+    """
+    path = str(tmp_path_factory.mktemp("credentials") / "api-keys.yaml")
+    key = create_key(path, "test-suite", SCOPES)
+    settings = {"API_KEYS_FILE": path, "RATELIMIT_PREDICT": "100000/second",
+                "RATELIMIT_FEEDBACK": "100000/second"}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    BASE_SETTINGS.update(settings)
+    CLIENT_HEADERS["Authorization"] = f"Bearer {key}"
+    yield key
+    CLIENT_HEADERS.pop("Authorization", None)
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,7 +100,54 @@ def full_training(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------- app and browser
-# Modules define their own ``app`` (each with the settings it tests); these build on it.
+# One app factory for every test (flaskr style). A module sets its settings once with
+# ``pytestmark = pytest.mark.app_settings(MAX_BATCH=5)``; a test that needs an app of its
+# own (a fresh database, another setting) calls ``make_app(**settings)``.
+
+BASE_SETTINGS = {"TESTING": True}  # every test app's settings; credentials go here
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "app_settings(**settings): settings of the app "
+                                       "fixture (over the trained model and TESTING)")
+
+
+class Client(FlaskClient):
+    """Flask's test client, sending :data:`helpers.CLIENT_HEADERS` with every request."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.environ_base.update({"HTTP_" + name.upper().replace("-", "_"): value
+                                  for name, value in CLIENT_HEADERS.items()})
+
+
+@pytest.fixture(scope="session")
+def make_app(request):
+    """Factory: ``make_app(**settings)`` builds a fresh app on the quick trained model.
+
+    ``MODEL_DIR`` defaults to the session's trained model (trained only when needed);
+    ``settings`` override it and :data:`BASE_SETTINGS`. Its ``test_client()`` sends the
+    shared client headers.
+    """
+    def make(**settings) -> Flask:
+        if "MODEL_DIR" not in settings:
+            settings["MODEL_DIR"] = str(request.getfixturevalue("trained_model_dir"))
+        app = create_app({**BASE_SETTINGS, **settings})
+        app.test_client_class = Client
+        return app
+    return make
+
+
+@pytest.fixture(scope="module")
+def app(request, make_app):
+    """The module's app: ``make_app`` with the settings of the closest ``app_settings`` mark.
+
+    An indirect parametrization (``request.param``, a dict) overrides the mark.
+    """
+    marker = request.node.get_closest_marker("app_settings")
+    settings = dict(marker.kwargs) if marker else {}
+    settings.update(getattr(request, "param", {}))
+    return make_app(**settings)
 
 
 @pytest.fixture()
@@ -77,9 +157,15 @@ def client(app):
 
 
 @pytest.fixture()
-def example(app):
-    """A fresh copy of the model card's sample applicant (valid; tests may change it)."""
-    return dict(app.extensions["credit_model"].predictor.card["example"])
+def runner(app):
+    """A CLI runner of the module's app."""
+    return app.test_cli_runner()
+
+
+@pytest.fixture()
+def example(trained_model_dir):
+    """A fresh copy of the trained model card's sample applicant (valid; tests may change it)."""
+    return dict(read_card(trained_model_dir)["example"])
 
 
 @pytest.fixture(scope="module")
@@ -91,20 +177,6 @@ def live_url(app):
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join(5)
-
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def browser_or_skip(chromium: str = CHROMIUM, chromedriver: str = CHROMEDRIVER) -> None:
-    """Skip without a browser on a developer machine; fail in CI, which must run them."""
-    missing = [p for p in (chromium, chromedriver) if not os.path.exists(p)]
-    if missing:
-        message = f"headless Chromium is not installed ({', '.join(missing)} missing)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must run the browser test (make system-deps)")
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -124,5 +196,8 @@ def browser(tmp_path_factory):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
+    # Authenticated like every test client: the suite's key on every request of the page.
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": dict(CLIENT_HEADERS)})
     yield driver
     driver.quit()

@@ -44,12 +44,9 @@ def test_psi_alert_fires_above_the_act_band_of_ml_drift():
 
 @pytest.mark.parametrize("metric", ["credit_api_psi", "credit_api_score_psi",
                                     "credit_api_store_errors_total"])
-def test_alerts_watch_metrics_the_app_exports(trained_model_dir, tmp_path, metric):
-    from app import create_app
-    app = create_app({"MODEL_DIR": str(trained_model_dir),
-                      "DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}"})
+def test_alerts_watch_metrics_the_app_exports(make_app, example, tmp_path, metric):
+    app = make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}", TESTING=False)
     client = app.test_client()
-    example = app.extensions["credit_model"].predictor.card["example"]
     client.post("/predict", json=example)
     client.get("/monitoring")
     from prometheus_client import REGISTRY

@@ -12,20 +12,7 @@ import pytest
 from app import create_app, services
 from app.config import SETTINGS, load_config
 from app.errors import APIError
-
-
-@pytest.fixture(scope="module")
-def app(trained_model_dir):  # noqa: F811
-    return create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True})
-
-
-def json_lines(text):
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def request_lines(text, endpoint=None):
-    return [r for r in json_lines(text) if r.get("message") == "request"
-            and (endpoint is None or r["endpoint"] == endpoint)]
+from helpers import CLIENT_HEADERS, json_lines, request_lines
 
 
 # --------------------------------------------------------------------------- config
@@ -74,6 +61,7 @@ def test_create_app_reads_the_environment(monkeypatch, trained_model_dir, exampl
     monkeypatch.setenv("MODEL_DIR", str(trained_model_dir))
     monkeypatch.setenv("MAX_BATCH", "2")
     client = create_app().test_client()
+    client.environ_base.update({"HTTP_AUTHORIZATION": CLIENT_HEADERS["Authorization"]})
     assert client.get("/ready").status_code == 200
     assert client.post("/predict", json={"instances": [example] * 3}).status_code == 400
     assert client.post("/predict", json={"instances": [example] * 2}).status_code == 200
@@ -107,10 +95,10 @@ def _failing_self_test(src, dst):
     (_tampered("fast_model.pkl"), "SHA-256"),
     (_failing_self_test, ""),
 ], ids=["missing", "tampered_sklearn_pickle", "tampered_compiled_model", "self_test_fails"])
-def test_app_starts_without_a_usable_model_and_says_why(tmp_path, trained_model_dir,  # noqa: F811
+def test_app_starts_without_a_usable_model_and_says_why(tmp_path, trained_model_dir, make_app,
                                                         make_dir, reason, capsys):
     model_dir = make_dir(trained_model_dir, tmp_path / "models")
-    client = create_app({"MODEL_DIR": str(model_dir)}).test_client()
+    client = make_app(MODEL_DIR=str(model_dir), TESTING=False).test_client()
 
     assert client.get("/health_check").status_code == 200
     ready = client.get("/ready")
@@ -155,9 +143,8 @@ def test_feature_values_are_not_logged_by_default(client, example, capsys):
     assert "31337" not in capsys.readouterr().out
 
 
-def test_feature_values_are_logged_when_log_features_is_on(trained_model_dir,  # noqa: F811
-                                                           example, capsys):
-    client = create_app({"MODEL_DIR": str(trained_model_dir), "LOG_FEATURES": True}).test_client()
+def test_feature_values_are_logged_when_log_features_is_on(make_app, example, capsys):
+    client = make_app(LOG_FEATURES=True, TESTING=False).test_client()
     capsys.readouterr()
     client.post("/predict", json=example)
     [line] = request_lines(capsys.readouterr().out, "/predict")

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from app import create_app
 from app.auth_keys import create_key
-from conftest import browser_or_skip
+from helpers import browser_or_skip
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -34,13 +33,16 @@ def keys(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app(trained_model_dir, keys):
-    return create_app({"MODEL_DIR": str(trained_model_dir), "API_KEYS_FILE": keys[0]})
+def app(make_app, keys):
+    return make_app(TESTING=False, API_KEYS_FILE=keys[0])
 
 
 @pytest.fixture(autouse=True)
 def signed_out(browser):
-    """Every test starts without cookies (both servers share the loopback host)."""
+    """Every test starts as a stranger: no cookies (both servers share the loopback
+    host), and none of the suite's bearer header the conftest's browser sends, which
+    would make signing in moot."""
+    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
     browser.execute_cdp_cmd("Network.clearBrowserCookies", {})
 
 
@@ -250,14 +252,13 @@ def provider(sso_server):
 
 
 @pytest.fixture(scope="module")
-def sso_url(sso_server, provider, trained_model_dir):
+def sso_url(sso_server, provider, make_app):
     """The app, people signing in with the provider, served on ``sso_server``."""
     slot, base = sso_server
-    slot.app = create_app({
-        "MODEL_DIR": str(trained_model_dir), "OIDC_ISSUER": provider,
-        "OIDC_AUDIENCE": AUDIENCE, "OIDC_CLIENT_ID": "credit-form",
-        "OIDC_CLIENT_SECRET": "form-secret-for-tests",
-        "OIDC_SIGNIN_SCOPES": "openid profile score monitor"})
+    slot.app = make_app(TESTING=False, API_KEYS_FILE=None, OIDC_ISSUER=provider,
+                        OIDC_AUDIENCE=AUDIENCE, OIDC_CLIENT_ID="credit-form",
+                        OIDC_CLIENT_SECRET="form-secret-for-tests",
+                        OIDC_SIGNIN_SCOPES="openid profile score monitor")
     return base
 
 

@@ -1,100 +1,25 @@
 """The real server command, ``gunicorn -c gunicorn.conf.py 'app:create_app()'``, over HTTP."""
 from __future__ import annotations
 
-import json
-import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import Server, call, log_records, metric_samples
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).with_name("gunicorn")
-START_TIMEOUT = 30.0  # waiting; what is asserted is READY_WITHIN
 READY_WITHIN = 10.0  # generous for a loaded CI runner; bench_http.py measures the real figure
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(url, body=None, headers=None, method=None, timeout=10):
-    """(status, headers, parsed JSON or text) for one HTTP request."""
-    if body is not None and not isinstance(body, bytes):
-        body = json.dumps(body).encode()
-    data = body
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        **({"Content-Type": "application/json"} if data is not None else {}), **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, head, raw = response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        status, head, raw = error.code, error.headers, error.read()
-    text = raw.decode()
-    return status, head, json.loads(text) if head.get_content_type() == "application/json" else text
-
-
-def log_records(path: Path):
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-class Server:
-    """One gunicorn master started with the production command line."""
-
-    def __init__(self, model_dir: Path, tmp: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / "stdout.log"
-        self.home = tmp / "home"
-        self.home.mkdir()
-        self.database = tmp / "predictions.db"
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("PROMETHEUS_MULTIPROC_DIR", "XDG_RUNTIME_DIR")}
-        # A flush interval longer than the module runs: every row is still queued when
-        # the server is stopped, so only the graceful exit can have written it.
-        env.update(PORT=str(self.port), MODEL_DIR=str(model_dir), WEB_CONCURRENCY="2",
-                   HOME=str(self.home), TMPDIR=str(tmp), PYTHONUNBUFFERED="1",
-                   DATABASE_URL=f"sqlite:///{self.database}", STORE_FLUSH_SECONDS="300")
-        self.started = time.monotonic()
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(
-                [str(GUNICORN), "-c", "gunicorn.conf.py", "app:create_app()"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> float:
-        while time.monotonic() - self.started < START_TIMEOUT:
-            if self.process.poll() is not None:
-                raise AssertionError("gunicorn exited:\n" + self.log.read_text())
-            try:
-                if call(self.url + "/ready", timeout=1)[0] == 200:
-                    return time.monotonic() - self.started
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("not ready in time:\n" + self.log.read_text())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 @pytest.fixture(scope="module")
 def server(trained_model_dir, tmp_path_factory):  # noqa: F811
-    server = Server(trained_model_dir, tmp_path_factory.mktemp("gunicorn"))
+    # A flush interval longer than the module runs: every row is still queued when the
+    # server is stopped, so only the graceful exit can have written it.
+    server = Server(trained_model_dir, tmp_path_factory.mktemp("gunicorn"),
+                    STORE_FLUSH_SECONDS="300")
     server.ready_after = server.wait_ready()
     yield server
     server.stop()
@@ -143,14 +68,10 @@ def test_unknown_route_and_wrong_method_are_json(server):
 
 
 def _predict_count(server) -> float:
-    text = call(server.url + "/metrics")[2]
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (sample.name == "credit_api_requests_total"
-                    and sample.labels == {"endpoint": "/predict", "method": "POST",
-                                          "status": "200"}):
-                return sample.value
-    return 0.0
+    samples = [s for s in metric_samples(call(server.url + "/metrics")[2],
+                                         "credit_api_requests_total")
+               if s.labels == {"endpoint": "/predict", "method": "POST", "status": "200"}]
+    return samples[0].value if samples else 0.0
 
 
 def test_metrics_sum_over_both_workers(server, example):

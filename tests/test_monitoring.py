@@ -6,37 +6,28 @@ import json
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from app import create_app
 from app.errors import APIError
 from app.monitoring import parse_feedback
 from ml.monitoring import monitor
 from ml.training.train import record_from_row
 
-SECRET = "987654321"
-ERROR_KEYS = {"error", "message", "details"}
+from helpers import ERROR_KEYS, assert_error, metric_samples
+from helpers import SECRET as SECRET_NUMBER
+
+SECRET = str(SECRET_NUMBER)
 
 
 @pytest.fixture()
-def app(trained_model_dir, tmp_path):
-    return create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True,
-                       "DATABASE_URL": f"sqlite:///{tmp_path / 'predictions.db'}",
-                       "MAX_BATCH": 1000})
+def app(make_app, tmp_path):
+    """A fresh app per test: its own store, so a monitoring window holds only its rows."""
+    return make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'predictions.db'}", MAX_BATCH=1000)
 
 
 @pytest.fixture(scope="module")
 def applicants(dataset, spec):
     """All 1,000 real applicants as API records: the very rows of the reference bins."""
     return [record_from_row(row, spec) for _, row in dataset.X.iterrows()]
-
-
-def assert_error(response, status):
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert set(body) == ERROR_KEYS
-    assert SECRET not in response.get_data(as_text=True)
-    return body
 
 
 def predict(client, body, request_id):
@@ -48,9 +39,7 @@ def predict(client, body, request_id):
 
 def gauges(client, name):
     text = client.get("/metrics").get_data(as_text=True)
-    return {tuple(sorted(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples
-            if s.name == name}
+    return {tuple(sorted(s.labels.items())): s.value for s in metric_samples(text, name)}
 
 
 # --------------------------------------------------------------------------- feedback

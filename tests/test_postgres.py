@@ -8,14 +8,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from app import create_app
+from helpers import free_port
 from ml.monitoring.store import PredictionStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -26,12 +25,6 @@ def pg_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
                    key=lambda p: int(Path(p).parent.parent.name))
     return Path(found[-1]).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -94,14 +87,9 @@ def postgres():
 
 
 @pytest.fixture()
-def app(postgres, trained_model_dir):
-    return create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True,
-                       "DATABASE_URL": postgres.url(), "STORE_RETRY_SECONDS": 1})
-
-
-@pytest.fixture()
-def example(app):
-    return dict(app.extensions["credit_model"].predictor.card["example"])
+def app(postgres, make_app):
+    """An app whose store is the module's PostgreSQL server."""
+    return make_app(DATABASE_URL=postgres.url(), STORE_RETRY_SECONDS=1)
 
 
 def test_predictions_feedback_and_monitoring_work_on_postgresql(app, example):
@@ -123,8 +111,8 @@ def test_predictions_feedback_and_monitoring_work_on_postgresql(app, example):
     assert client.get("/monitoring?last=2").get_json()["window"]["rows"] == 2
 
 
-def test_rows_survive_an_app_restart_on_postgresql(postgres, trained_model_dir, example):
-    first = create_app({"MODEL_DIR": str(trained_model_dir), "DATABASE_URL": postgres.url()})
+def test_rows_survive_an_app_restart_on_postgresql(postgres, make_app, example):
+    first = make_app(DATABASE_URL=postgres.url(), TESTING=False)
     first.test_client().post("/predict", json=example, headers={"X-Request-ID": "pg-kept"})
     first.extensions["prediction_store"].dispose()
     second = PredictionStore(postgres.url())
@@ -134,13 +122,11 @@ def test_rows_survive_an_app_restart_on_postgresql(postgres, trained_model_dir, 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_a_stopped_server_keeps_predictions_and_recovers_after_restart(
-        postgres, trained_model_dir, example, capsys, mode):
+        postgres, make_app, example, capsys, mode):
     import json
     import time
 
-    app = create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True,
-                      "DATABASE_URL": postgres.url(), "STORE_RETRY_SECONDS": 1,
-                      "STORE_WRITE": mode})
+    app = make_app(DATABASE_URL=postgres.url(), STORE_RETRY_SECONDS=1, STORE_WRITE=mode)
     client, store = app.test_client(), app.extensions["prediction_store"]
 
     def predict(request_id):

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from app import create_app
+from helpers import json_lines, request_lines
 from ml.monitoring.store import PredictionStore, outcomes_frame
 
 RESULT = {"probability_of_default": 0.2, "decision": "approve"}
@@ -21,29 +21,9 @@ RESULT = {"probability_of_default": 0.2, "decision": "approve"}
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
-def make_app(model_dir, url, **extra):
-    return create_app({"MODEL_DIR": str(model_dir), "TESTING": True, "DATABASE_URL": url,
-                       **extra})
-
-
 @pytest.fixture()
 def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'predictions.db'}"
-
-
-@pytest.fixture()
-def example(trained_model_dir):
-    from ml.serving.artifact import read_card
-    return dict(read_card(trained_model_dir)["example"])
-
-
-def json_lines(text):
-    return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
-
-
-def request_lines(text, endpoint):
-    return [r for r in json_lines(text) if r.get("message") == "request"
-            and r.get("endpoint") == endpoint]
 
 
 def committed_ids(url):
@@ -60,8 +40,8 @@ def counter(name, **labels):
 
 
 def test_every_prediction_is_stored_with_id_time_model_features_pd_and_decision(
-        trained_model_dir, db_url, example):
-    app = make_app(trained_model_dir, db_url)
+        make_app, db_url, example):
+    app = make_app(DATABASE_URL=db_url)
     client = app.test_client()
     single = client.post("/predict", json=example, headers={"X-Request-ID": "one"}).get_json()
     batch = client.post("/predict", json={"instances": [example, {**example,
@@ -78,19 +58,19 @@ def test_every_prediction_is_stored_with_id_time_model_features_pd_and_decision(
     assert all(r["created_at"] is not None and r["outcome"] is None for r in rows)
 
 
-def test_ready_reports_the_store_ok(trained_model_dir, db_url):
-    body = make_app(trained_model_dir, db_url).test_client().get("/ready").get_json()
+def test_ready_reports_the_store_ok(make_app, db_url):
+    body = make_app(DATABASE_URL=db_url).test_client().get("/ready").get_json()
     assert body["status"] == "ready" and body["store"] == "ok"
 
 
-def test_rows_and_feedback_survive_a_restart_on_the_same_database(trained_model_dir, db_url,
+def test_rows_and_feedback_survive_a_restart_on_the_same_database(make_app, db_url,
                                                                   example):
-    first = make_app(trained_model_dir, db_url).test_client()
+    first = make_app(DATABASE_URL=db_url).test_client()
     assert first.post("/predict", json=example, headers={"X-Request-ID": "kept"}).status_code == 200
     assert first.post("/feedback", json={"request_id": "kept", "outcome": "bad"}
                       ).status_code == 200
 
-    again = make_app(trained_model_dir, db_url)
+    again = make_app(DATABASE_URL=db_url)
     rows = again.extensions["prediction_store"].window()
     assert [(r["request_id"], r["outcome"]) for r in rows] == [("kept", "bad")]
     answer = again.test_client().post("/feedback", json={"request_id": "kept", "outcome": "bad"})
@@ -102,9 +82,9 @@ def test_rows_and_feedback_survive_a_restart_on_the_same_database(trained_model_
     "postgresql+psycopg://nobody:x@127.0.0.1:9/none",        # nothing listens on port 9
 ], ids=["unwritable-sqlite", "unreachable-postgres"])
 @pytest.mark.parametrize("mode", ["async", "sync"])
-def test_a_store_outage_keeps_predictions_and_the_audit_line(trained_model_dir, url, mode,
+def test_a_store_outage_keeps_predictions_and_the_audit_line(make_app, url, mode,
                                                              example, capsys):
-    app = make_app(trained_model_dir, url, STORE_WRITE=mode)
+    app = make_app(DATABASE_URL=url, STORE_WRITE=mode)
     client = app.test_client()
     store = app.extensions["prediction_store"]
     capsys.readouterr()
@@ -196,8 +176,8 @@ def test_labelled_rows_become_a_frame_of_spec_columns(spec, example):
 
 
 def test_a_reused_request_id_keeps_both_predictions_and_feedback_labels_the_newest(
-        trained_model_dir, db_url, example):
-    app = make_app(trained_model_dir, db_url)
+        make_app, db_url, example):
+    app = make_app(DATABASE_URL=db_url)
     client = app.test_client()
     for amount in (1000, 2000):
         response = client.post("/predict", json={**example, "credit_amount": amount},
@@ -215,8 +195,8 @@ def test_a_reused_request_id_keeps_both_predictions_and_feedback_labels_the_newe
 
 
 def test_a_queued_prediction_is_answered_before_it_is_written_and_a_read_flushes_it(
-        trained_model_dir, db_url, example, capsys):
-    app = make_app(trained_model_dir, db_url, STORE_FLUSH_SECONDS=60)
+        make_app, db_url, example, capsys):
+    app = make_app(DATABASE_URL=db_url, STORE_FLUSH_SECONDS=60)
     client = app.test_client()
     capsys.readouterr()
     assert client.post("/predict", json=example, headers={"X-Request-ID": "q-1"}
@@ -229,9 +209,9 @@ def test_a_queued_prediction_is_answered_before_it_is_written_and_a_read_flushes
     assert committed_ids(db_url) == ["q-1"]
 
 
-def test_sync_mode_commits_the_row_before_the_answer(trained_model_dir, db_url, example,
+def test_sync_mode_commits_the_row_before_the_answer(make_app, db_url, example,
                                                      capsys):
-    app = make_app(trained_model_dir, db_url, STORE_WRITE="sync", STORE_FLUSH_SECONDS=60)
+    app = make_app(DATABASE_URL=db_url, STORE_WRITE="sync", STORE_FLUSH_SECONDS=60)
     client = app.test_client()
     capsys.readouterr()
     assert client.post("/predict", json={"instances": [example, example]},
@@ -302,9 +282,9 @@ def test_enough_pending_rows_are_written_without_waiting_for_the_interval(tmp_pa
     assert committed_ids(url) == ["small"] * 4 + ["big"] * 6
 
 
-def test_a_full_queue_drops_the_request_counts_it_and_never_blocks(trained_model_dir, db_url,
+def test_a_full_queue_drops_the_request_counts_it_and_never_blocks(make_app, db_url,
                                                                    example, capsys):
-    app = make_app(trained_model_dir, db_url, STORE_FLUSH_SECONDS=60, STORE_QUEUE_ROWS=2)
+    app = make_app(DATABASE_URL=db_url, STORE_FLUSH_SECONDS=60, STORE_QUEUE_ROWS=2)
     client = app.test_client()
     before = counter("credit_api_store_dropped_rows_total", reason="queue_full")
     capsys.readouterr()
@@ -323,8 +303,8 @@ def test_a_full_queue_drops_the_request_counts_it_and_never_blocks(trained_model
 
 
 def test_a_failed_group_write_is_counted_and_logged_with_request_ids_only(
-        trained_model_dir, db_url, example, capsys):
-    app = make_app(trained_model_dir, db_url, STORE_FLUSH_SECONDS=60)
+        make_app, db_url, example, capsys):
+    app = make_app(DATABASE_URL=db_url, STORE_FLUSH_SECONDS=60)
     client = app.test_client()
     store = app.extensions["prediction_store"]
     assert client.get("/ready").get_json()["store"] == "ok"  # engine and table made

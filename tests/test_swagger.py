@@ -8,13 +8,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from app import create_app
 from ml.spec.schema import CATEGORICAL, validate_record
 
-
-@pytest.fixture(scope="module")
-def app(trained_model_dir):  # noqa: F811
-    return create_app({"MODEL_DIR": str(trained_model_dir), "MAX_BATCH": 20})
+pytestmark = pytest.mark.app_settings(MAX_BATCH=20, TESTING=False)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app import create_app
 from ml.spec import config
 from ml.__main__ import main
 from ml.serving.artifact import load_artifact, resolve
@@ -150,7 +149,7 @@ def test_sample_rows_is_stratified_and_keeps_small_data_whole(dataset):
     assert X_all is dataset.X
 
 
-def test_an_awkward_csv_goes_from_draft_to_served_predictions(tmp_path, capsys):
+def test_an_awkward_csv_goes_from_draft_to_served_predictions(make_app, tmp_path, capsys):
     """0/1 target, headers that slug alike or carry accents, an id, a constant, numeric
     category codes and a numeric protected attribute: draft, train, serve, form, score."""
     rng = np.random.default_rng(4)
@@ -171,7 +170,7 @@ def test_an_awkward_csv_goes_from_draft_to_served_predictions(tmp_path, capsys):
                  "--families", "logistic_regression", "--cv-repeats", "1", "--no-plots"]) == 0
     card = load_artifact(out).card
     assert [g["group"] for g in card["metrics"]["fairness"]["sex"]["groups"]] == ["1", "2"]
-    client = create_app({"MODEL_DIR": str(out)}).test_client()
+    client = make_app(MODEL_DIR=str(out), TESTING=False).test_client()
     example = client.get("/model").get_json()["example"]
     assert set(example) == {"eta", "amount", "amount_2", "months_late", "region"}
     assert client.post("/predict", json=example).status_code == 200

@@ -10,47 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app, services, web
-from app.auth_keys import create_key
+from app import services, web
 from ml.spec.config import PROJECT_ROOT
 from ml.spec.schema import CATEGORICAL, example_record
 
 SCREENSHOT = PROJECT_ROOT / "docs" / "img" / "form.png"
-
-
-@pytest.fixture(scope="module")
-def officer_key(tmp_path_factory):
-    """A key file with one key that may score: (file, key)."""
-    path = str(tmp_path_factory.mktemp("keys") / "keys.yaml")
-    return path, create_key(path, "officer", ["score"])
-
-
-@pytest.fixture(scope="module")
-def app(trained_model_dir, officer_key):  # noqa: F811
-    return create_app({"MODEL_DIR": str(trained_model_dir), "TESTING": True,
-                       "API_KEYS_FILE": officer_key[0]})
-
-
-@pytest.fixture()
-def client(app, officer_key):
-    """A test client signed in with the officer's key, as a person with a browser is."""
-    client = app.test_client()
-    sign_in(client, officer_key[1])
-    return client
-
-
-def csrf_token(client, path="/signin") -> str:
-    """The CSRF token of the session, as the hidden field of a page carries it."""
-    html = client.get(path).get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def sign_in(client, key: str):
-    """Sign in through the sign-in page (its CSRF token, then the key)."""
-    response = client.post("/signin", data={"csrf_token": csrf_token(client),
-                                            "api_key": key, "next": "/"})
-    assert response.status_code == 303, response.get_data(as_text=True)
-    return response
 
 
 @pytest.fixture(scope="module")
@@ -211,18 +175,15 @@ def test_form_routes_stay_out_of_the_openapi_document(client):
 # --------------------------------------------------------------------------- POST /
 
 
-def test_submit_shows_the_same_prediction_as_the_api(client, app, predictor, example_form,
-                                                     officer_key):
+def test_submit_shows_the_same_prediction_as_the_api(client, app, predictor, example_form):
     seen = []
 
     def receiver(sender, **kwargs):
         seen.append(kwargs)
 
-    api = client.post("/predict", json=predictor.card["example"],
-                      headers={"Authorization": "Bearer " + officer_key[1]}).get_json()
-    token = csrf_token(client, "/")
+    api = client.post("/predict", json=predictor.card["example"]).get_json()
     with services.prediction_made.connected_to(receiver, app):
-        response = client.post("/", data={**example_form, "submit": "", "csrf_token": token})
+        response = client.post("/", data={**example_form, "submit": ""})
     assert response.status_code == 200
     html = response.get_data(as_text=True)
     page = Page(html)
@@ -238,13 +199,12 @@ def test_submit_shows_the_same_prediction_as_the_api(client, app, predictor, exa
     assert kwargs["records"] == [predictor.card["example"]]
     assert kwargs["results"][0]["probability_of_default"] == api["probability_of_default"]
     assert kwargs["batch"] is False
-    assert kwargs["request_id"] in html
+    assert kwargs["prediction_id"] in html  # the reference feedback is recorded against
     assert response.headers["Cache-Control"] == "no-store"
 
 
 def test_invalid_submission_shows_messages_by_the_fields(client, example_form):
-    form = {**example_form, "duration_in_month": "500", "credit_amount": "lots",
-            "csrf_token": csrf_token(client, "/")}
+    form = {**example_form, "duration_in_month": "500", "credit_amount": "lots"}
     response = client.post("/", data=form)
     assert response.status_code == 400
     html = response.get_data(as_text=True)
@@ -260,17 +220,14 @@ def test_invalid_submission_shows_messages_by_the_fields(client, example_form):
 
 
 def test_submission_never_echoes_markup(client, example_form):
-    response = client.post("/", data={**example_form, "purpose": "<script>x</script>",
-                                      "csrf_token": csrf_token(client, "/")})
+    response = client.post("/", data={**example_form, "purpose": "<script>x</script>"})
     assert response.status_code == 400
     assert "<script>x" not in response.get_data(as_text=True)
 
 
-def test_without_a_model_the_form_answers_a_503_page(tmp_path, example_form):
-    client = create_app({"MODEL_DIR": str(tmp_path), "TESTING": True,
-                         "AUTH_REQUIRED": False}).test_client()
-    form = {**example_form, "csrf_token": csrf_token(client)}
-    for response in (client.get("/"), client.post("/", data=form)):
+def test_without_a_model_the_form_answers_a_503_page(make_app, tmp_path, example_form):
+    client = make_app(MODEL_DIR=str(tmp_path)).test_client()
+    for response in (client.get("/"), client.post("/", data=example_form)):
         assert response.status_code == 503
         assert response.mimetype == "text/html"
         assert "not available" in response.get_data(as_text=True)

@@ -122,21 +122,41 @@ predictions = sa.Table(
     sa.Column("decision", sa.String(16), nullable=False),
     sa.Column("outcome", sa.String(64), nullable=True),
     sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=True),
-    # Not unique: a client may reuse its X-Request-ID, and every prediction is kept;
-    # feedback labels the newest prediction with that id and index.
-    sa.Index("ix_predictions_request_item", "request_id", "item"),
+    # Who made the prediction and who recorded its outcome (``key:NAME``, ``oidc:SUB``);
+    # the server-issued id feedback addresses. ``request_id`` is the client's correlation
+    # id, kept for tracing, never a key. Nullable: rows written before they existed.
+    sa.Column("prediction_id", sa.String(64), nullable=True),
+    sa.Column("client", sa.String(255), nullable=True),
+    sa.Column("labelled_by", sa.String(255), nullable=True),
+    sa.Index("ix_predictions_prediction_item", "prediction_id", "item"),
     sa.Index("ix_predictions_created_at", "created_at"),
 )
+# Every change of a recorded outcome, with who made it and why (the audit trail).
+corrections = sa.Table(
+    "outcome_corrections", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("prediction_row", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+              nullable=False),
+    sa.Column("previous_outcome", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(64), nullable=False),
+    sa.Column("corrected_by", sa.String(255), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("corrected_at", sa.DateTime(timezone=True), nullable=False),
+)
+# Columns added after the first release, created on an older table by _create_tables.
+_ADDED_COLUMNS = ("prediction_id", "client", "labelled_by")
 # The columns a prediction writes, in table order; the first five and the time are the
 # same for every row of a request.
 INSERT_COLUMNS = ("request_id", "item", "batch", "created_at", "model_name",
-                  "model_version", "features", "probability_of_default", "decision")
+                  "model_version", "features", "probability_of_default", "decision",
+                  "prediction_id", "client")
 # One encoder object: json.dumps(..., separators=...) builds a new one per call.
 _encode_features = json.JSONEncoder(separators=(",", ":")).encode
 
 # What a request leaves for the writer: (request_id, records, results, model_name,
-# model_version, batch, created_at). The records and results are the request's own
-# objects, not copies: nothing changes them once the prediction is answered.
+# model_version, batch, created_at, prediction_id, client). The records and results are the
+# request's own objects, not copies: nothing changes them once the prediction is answered.
 Pending = tuple
 
 
@@ -180,6 +200,23 @@ def _create_tables(engine: Engine) -> None:
         metadata.create_all(engine)
     except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
         metadata.create_all(engine)  # the other one won; this time the check sees it
+    _add_identity_columns(engine)
+
+
+def _add_identity_columns(engine: Engine) -> None:
+    """Give a table made before the identity columns existed those (nullable) columns
+    and their index; old rows keep NULL there (no owner: only ``feedback:all`` sees them)."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns("predictions")}
+    missing = [name for name in _ADDED_COLUMNS if name not in present]
+    if not missing:
+        return
+    with engine.begin() as conn:
+        for name in missing:
+            column = predictions.c[name]
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
+    for index in predictions.indexes:
+        index.create(engine, checkfirst=True)
 
 
 def _reason(exc: Exception) -> str:
@@ -230,12 +267,14 @@ class InsertPlan:
     def rows(self, pending: Iterable[Pending]) -> list[Any]:
         """Driver parameters, one per applicant, for requests' ``pending`` rows."""
         once, out = self._once, []
-        for request_id, records, results, name, version, batch, now in pending:
+        for request_id, records, results, name, version, batch, now, pid, client in pending:
             rid, flag, created = (once("request_id", request_id), once("batch", batch),
                                   once("created_at", now))
             name, version = once("model_name", name), once("model_version", version)
+            pid, client = once("prediction_id", pid), once("client", client)
             out.extend((rid, i, flag, created, name, version, _encode_features(record),
-                        float(result["probability_of_default"]), result["decision"])
+                        float(result["probability_of_default"]), result["decision"],
+                        pid, client)
                        for i, (record, result) in enumerate(zip(records, results)))
         if self.names is not None:
             names = self.names
@@ -468,19 +507,24 @@ class PredictionStore:
 
     def save(self, request_id: str, records: list[dict[str, Any]],
              results: list[dict[str, Any]], model_name: str, model_version: str,
-             batch: bool, now: datetime | None = None) -> int:
+             batch: bool, now: datetime | None = None, prediction_id: str | None = None,
+             client: str | None = None) -> int:
         """Insert one row per applicant now, in one statement; returns the rows written.
+
+        ``prediction_id`` (the key feedback uses; the API issues one per request)
+        defaults to ``request_id`` for jobs and tests; ``client`` is who asked.
 
         Raises:
             StoreUnavailable: the database failed (or failed recently).
         """
         pending = (request_id, records, results, model_name, model_version, batch,
-                   now or datetime.now(timezone.utc))
+                   now or datetime.now(timezone.utc), prediction_id or request_id, client)
         return self._run(lambda conn: self._insert(conn, [pending]))
 
     def enqueue(self, request_id: str, records: list[dict[str, Any]],
                 results: list[dict[str, Any]], model_name: str, model_version: str,
-                batch: bool, now: datetime | None = None) -> bool:
+                batch: bool, now: datetime | None = None, prediction_id: str | None = None,
+                client: str | None = None) -> bool:
         """Hand one request's rows to this process's writer thread and return at once.
 
         ``records`` and ``results`` are kept as they are until written: the caller must
@@ -494,7 +538,7 @@ class PredictionStore:
         if self._queue.pid != os.getpid():  # forked without os.fork's hooks
             self._after_fork()
         pending = (request_id, records, results, model_name, model_version, batch,
-                   now or datetime.now(timezone.utc))
+                   now or datetime.now(timezone.utc), prediction_id or request_id, client)
         if self._queue.put(pending, len(records)):
             return True
         STORE_ERRORS.labels("write").inc()
@@ -525,36 +569,51 @@ class PredictionStore:
                 "reason": reason, "backend": self.backend, "rows": rows,
                 "request_ids": list(dict.fromkeys(p[0] for p in pending))})
 
-    def label(self, request_id: str, item: int, outcome: str,
+    def label(self, prediction_id: str, item: int, outcome: str, *, by: str | None = None,
+              owner: str | None = None, correction: str | None = None,
               now: datetime | None = None) -> tuple[str, dict[str, Any] | None]:
         """Record the observed outcome of one prediction (the newest with this id and index).
 
         Pending rows of this process are written first, so feedback right after its
         prediction finds it.
 
+        Args:
+            prediction_id: the server-issued id the prediction answered.
+            item: the applicant's index in its batch.
+            outcome: what happened.
+            by: who records it (stored as ``labelled_by``).
+            owner: when given, only a prediction made by this client is seen; another's
+                is ``unknown``, exactly as a missing one (its existence is not revealed).
+            correction: a reason: an outcome already recorded is changed, and the change
+                (previous and new outcome, who, why, when) goes to ``outcome_corrections``.
+
         Returns:
-            ``("created" | "unchanged" | "conflict", row)``, or ``("unknown", None)``
-            when no prediction has that id and index. A conflict leaves the row as it was.
+            ``("created" | "unchanged" | "conflict" | "corrected", row)``, or
+            ``("unknown", None)``. A conflict leaves the row as it was.
         """
         self.flush()
+        when = now or datetime.now(timezone.utc)
 
         def work(conn: sa.Connection) -> tuple[str, dict[str, Any] | None]:
-            key = (predictions.c.request_id == request_id) & (predictions.c.item == item)
+            key = (predictions.c.prediction_id == prediction_id) & (predictions.c.item == item)
             row = conn.execute(sa.select(predictions).where(key).order_by(
                 predictions.c.id.desc()).limit(1)).mappings().first()
-            if row is None:
+            if row is None or (owner is not None and row["client"] != owner):
                 return "unknown", None
-            if row["outcome"] is not None:
-                return ("unchanged" if row["outcome"] == outcome else "conflict"), dict(row)
-            # Only an unlabelled row is updated, so two racing feedbacks cannot both win.
             this = predictions.c.id == row["id"]
+            if row["outcome"] is not None:
+                if row["outcome"] == outcome:
+                    return "unchanged", dict(row)
+                if correction is None:
+                    return "conflict", dict(row)
+                return _correct(conn, row, outcome, by, correction, when)
+            # Only an unlabelled row is updated, so two racing feedbacks cannot both win.
             done = conn.execute(predictions.update().where(this & predictions.c.outcome.is_(None))
-                                .values(outcome=outcome, labelled_at=now
-                                        or datetime.now(timezone.utc)))
+                                .values(outcome=outcome, labelled_at=when, labelled_by=by))
             if done.rowcount == 0:  # pragma: no cover - lost a race with another worker
                 again = conn.execute(sa.select(predictions).where(this)).mappings().first()
                 return ("unchanged" if again["outcome"] == outcome else "conflict"), dict(again)
-            return "created", {**row, "outcome": outcome}
+            return "created", {**row, "outcome": outcome, "labelled_by": by}
         return self._run(work)
 
     # ------------------------------------------------------------------ reads
@@ -587,6 +646,17 @@ class PredictionStore:
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()
         self._engine, self._ready = None, False
+
+
+def _correct(conn: sa.Connection, row: Any, outcome: str, by: str | None, reason: str,
+             when: datetime) -> tuple[str, dict[str, Any]]:
+    """Change a recorded outcome and keep the change in ``outcome_corrections``."""
+    conn.execute(corrections.insert().values(
+        prediction_row=row["id"], previous_outcome=row["outcome"], outcome=outcome,
+        corrected_by=by or "unknown", reason=reason, corrected_at=when))
+    conn.execute(predictions.update().where(predictions.c.id == row["id"])
+                 .values(outcome=outcome, labelled_at=when, labelled_by=by))
+    return "corrected", {**row, "outcome": outcome, "labelled_by": by}
 
 
 def outcomes_frame(rows: Iterable[dict[str, Any]], spec: Any) -> tuple[Any, Any]:
