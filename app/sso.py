@@ -272,7 +272,11 @@ def init_app(app: Flask) -> None:
                   PERMANENT_SESSION_LIFETIME=3600 * config["SESSION_HOURS"],
                   # Checked where a cookie is relied on (check_csrf), not on every POST:
                   # bearer-authenticated API calls carry no cookie and need no token.
-                  WTF_CSRF_CHECK_DEFAULT=False)
+                  WTF_CSRF_CHECK_DEFAULT=False,
+                  # Flask-WTF's extra HTTPS check wants a same-site Referer, which the
+                  # pages' Referrer-Policy (no-referrer) never lets a browser send; the
+                  # token and the SameSite=Lax cookie are the defence.
+                  WTF_CSRF_SSL_STRICT=False)
     app.session_interface = TlsAwareSessions()
     CSRFProtect(app)
     if config["TRUSTED_PROXIES"]:
