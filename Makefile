@@ -9,6 +9,8 @@ IMAGE ?= credit-risk-api
 LOCAL_KEYS ?= .local/api-keys.yaml
 TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 DEB_PACKAGES := chromium chromium-driver postgresql prometheus wrk
+NODE_PACKAGES := nodejs npm
+OIDC_PROVIDER := tests/oidc/node_modules/.package-lock.json
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev system-deps train api run test lint bench docker-build deploy clean
@@ -34,12 +36,18 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 install: $(VENV)/.runtime ## Create .venv and install the pinned runtime dependencies
 install-dev: $(VENV)/.dev ## Also install the pinned test and lint tools
 
-system-deps: ## Install the Debian packages the tests need (chromium, postgresql, prometheus, wrk)
+system-deps: ## Install the Debian packages the tests need (chromium, postgresql, prometheus, wrk, node)
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing $(NODE_PACKAGES)"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; fi; \
 	fi
+
+# The OpenID provider the sign-in browser tests start (tests/oidc: oidc-provider, pinned
+# by its package-lock.json). Node may come from Debian or elsewhere: only npm is checked.
+$(OIDC_PROVIDER): tests/oidc/package.json tests/oidc/package-lock.json
+	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 
 train: install ## Train, evaluate and publish a model artifact under models/
 	$(PY) -m ml train
@@ -59,7 +67,7 @@ run: install ## Train the default model if none exists, then serve on :$(PORT) (
 	API_KEYS_FILE=$${API_KEYS_FILE:-$$( [ -n "$$OIDC_ISSUER" ] || echo $(LOCAL_KEYS))} \
 	  PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
 
-test: system-deps install-dev ## Install everything and run the whole test suite with coverage
+test: system-deps install-dev $(OIDC_PROVIDER) ## Install everything and run the whole test suite with coverage
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml
 
 lint: install-dev ## flake8 on the Python code
@@ -77,4 +85,4 @@ deploy: ## Roll out to OpenShift: oc apply -k k8s/overlays/$(ENV), then wait for
 	oc rollout status deployment/credit-risk-api --timeout=10m
 
 clean: ## Remove the virtualenv, built models and reports
-	rm -rf $(VENV) models reports .coverage* coverage.xml
+	rm -rf $(VENV) models reports .coverage* coverage.xml tests/oidc/node_modules

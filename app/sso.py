@@ -12,10 +12,15 @@ kind of identity a bearer token gives a machine client, through the same checks:
 
 The session (Flask's signed cookie: ``HttpOnly``, ``SameSite=Lax``, ``Secure`` when the
 request came over TLS, see :class:`TlsAwareSessions`) keeps only who signed in and how,
-never a token or a key: for an OIDC user the verified subject, name, scopes and the
-token's expiry; for an API key the key's SHA-256, looked up again on every request so
-a revoked key ends its sessions at once. :func:`session_identity` is registered with
-:func:`app.auth.add_authenticator`, after the bearer one: the edge check and its scope
+never a token or a key: for an OIDC user the verified subject, name and scopes; for an
+API key the key's SHA-256, looked up again on every request so a revoked key ends its
+sessions at once. Either ends ``SESSION_HOURS`` after signing in, checked by the server
+(the cookie's own expiry is only the browser's), not when the access token expires:
+Keycloak's default token lifetime of 5 minutes would send officers back to the SSO all
+day. A change of an officer's roles applies at the next sign-in.
+
+:func:`session_identity` is registered with :func:`app.auth.add_authenticator`, after
+the bearer one: the edge check and its scope
 table then treat a signed-in person like any client (``oidc:<sub>`` or ``key:<name>``,
 so predictions made in the form and through the API belong to the same principal).
 
@@ -92,21 +97,23 @@ def _check_page_posts() -> None:
 def session_identity(req: Request) -> auth.Identity | None:
     """The signed-in person of ``req``, or ``None`` (the edge check then answers 401).
 
-    ``None`` without a session, when an OIDC sign-in's token has expired, or when the
-    API key it was made with has been revoked. For an unsafe method the session counts
-    only with a valid CSRF token (else :class:`CSRFError`).
+    ``None`` without a session, after ``SESSION_HOURS``, or when the API key it was made
+    with has been revoked. For an unsafe method the session counts only with a valid
+    CSRF token (else :class:`CSRFError`).
     """
     stored = session.get(SESSION_KEY)
     if not isinstance(stored, dict):
         return None
     check_csrf()
+    expires = float(stored.get("exp", 0))
+    if expires <= time.time():
+        return None
     state = current_app.extensions[auth.EXTENSION]
     if stored.get("via") == "api_key" and state.keys is not None:
         identity = state.keys.lookup_digest(bytes.fromhex(str(stored.get("key", ""))))
         return identity and auth.Identity(identity.principal, "api_key_session",
-                                          identity.scopes)
-    expires = float(stored.get("exp", 0))
-    if stored.get("via") == "oidc" and expires > time.time():
+                                          identity.scopes, expires)
+    if stored.get("via") == "oidc":
         return auth.Identity(str(stored["principal"]), "oidc_session",
                              frozenset(stored.get("scopes", ())), expires)
     return None
@@ -139,7 +146,8 @@ def _start_session(stored: dict[str, Any]) -> None:
     """Replace whatever the session held (no fixation) with the new sign-in."""
     session.clear()
     session.permanent = True
-    session[SESSION_KEY] = stored
+    hours = current_app.config["SESSION_HOURS"]
+    session[SESSION_KEY] = {**stored, "exp": int(time.time()) + 3600 * hours}
 
 
 def _signin_page(status: int = 200, problem: str | None = None) -> Response:
@@ -206,7 +214,7 @@ def callback() -> Response:
             or identity.principal.removeprefix("oidc:"))
     after = safe_next(session.get("next"))
     _start_session({"via": "oidc", "principal": identity.principal, "name": name,
-                    "scopes": sorted(identity.scopes), "exp": identity.expires_at})
+                    "scopes": sorted(identity.scopes)})
     logs.annotate(signin="oidc", client=identity.principal)
     return redirect(after, 303)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 import zlib
 
 import pytest
@@ -72,6 +73,7 @@ def test_signing_in_with_a_key_keeps_its_hash_never_the_key(person, keys):
     response = sign_in(person, keys[1]["officer"])
     assert response.status_code == 303 and response.headers["Location"] == "/"
     stored = session_contents(person)["identity"]
+    assert stored.pop("exp") == pytest.approx(time.time() + 8 * 3600, abs=60)
     assert stored == {"via": "api_key", "key": sso.key_digest(keys[1]["officer"]).hex(),
                       "name": "officer"}
     assert keys[1]["officer"] not in json.dumps(session_contents(person))
@@ -113,6 +115,15 @@ def test_a_revoked_key_ends_its_sessions(make_app, tmp_path):
     assert client.get("/", headers=BROWSER).status_code == 200
     revoke_key(path, "temp")
     assert client.get("/", headers=BROWSER).status_code == 303
+
+
+def test_a_session_ends_after_session_hours_whatever_the_cookie_says(person, keys,
+                                                                     monkeypatch):
+    sign_in(person, keys[1]["officer"])
+    assert person.get("/", headers=BROWSER).status_code == 200
+    later = time.time() + 8 * 3600 + 1
+    monkeypatch.setattr(sso.time, "time", lambda: later)
+    assert person.get("/", headers=BROWSER).status_code == 303
 
 
 def test_without_the_score_scope_the_form_says_so(person, keys, example):
