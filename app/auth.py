@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from flask import Flask, Request, current_app, g, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from app import logs
 from app.errors import APIError
@@ -144,7 +145,7 @@ def add_authenticator(app: Flask, authenticator: Authenticator, first: bool = Fa
 
 def _check_request() -> None:
     """The edge check: authenticate, then compare the identity's scopes with the route's."""
-    need = ENDPOINT_SCOPES.get(request.endpoint or "", ANY)
+    need = ENDPOINT_SCOPES.get(request.endpoint or _endpoint_of_other_method(), ANY)
     if need is OPEN:
         return
     state: AuthState = current_app.extensions[EXTENSION]
@@ -158,6 +159,19 @@ def _check_request() -> None:
     logs.annotate(client=identity.principal)
     if need and not identity.has(need):
         raise forbidden(need)
+
+
+def _endpoint_of_other_method() -> str:
+    """For a method the route does not allow (405), the route's endpoint: an open route
+    answers its 405 to anyone; any other unmatched request needs an identity first."""
+    error = request.routing_exception
+    if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
+        return ""
+    try:
+        adapter = current_app.create_url_adapter(request)
+        return adapter.match(method=error.valid_methods[0])[0]
+    except HTTPException:  # pragma: no cover - the path matched a moment ago
+        return ""
 
 
 def bearer_token(req: Request) -> str | None:

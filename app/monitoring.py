@@ -84,17 +84,16 @@ def _correction_problems(payload: dict[str, Any]) -> list[dict[str, str]]:
     problems = []
     if not isinstance(correction, bool):
         problems.append({"field": "correction", "problem": "must be true or false"})
-    elif correction and not (isinstance(reason, str) and 3 <= len(reason.strip()) <= 500):
-        problems.append({"field": "reason", "problem": "a correction needs a reason of 3 "
-                         "to 500 characters"})
-    elif not correction and reason is not None:
-        problems.append({"field": "reason", "problem": "is only for a correction"})
+    if (reason is not None or correction is True) and not (
+            isinstance(reason, str) and 3 <= len(reason) <= 500):
+        problems.append({"field": "reason", "problem": "must be a text of 3 to 500 "
+                         "characters (a correction needs one)"})
     return problems
 
 
 def parse_correction(payload: dict[str, Any]) -> str | None:
     """The reason of a requested correction (a validated body), None for plain feedback."""
-    return payload["reason"].strip() if payload.get("correction") else None
+    return payload["reason"] if payload.get("correction") else None
 
 
 def parse_window(args: Mapping[str, str], default_last: int, most: int) -> dict[str, Any]:

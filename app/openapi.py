@@ -291,7 +291,10 @@ def monitoring_schemas(card: dict[str, Any]) -> dict[str, Any]:
                                         "(scope `feedback:correct`; kept in the audit "
                                         "trail)."},
                          "reason": {"type": "string", "minLength": 3, "maxLength": 500,
-                                    "description": "Why, for a correction only."}},
+                                    "description": "Why (read for a correction only)."}},
+                     # A correction needs its reason.
+                     "anyOf": [{"properties": {"correction": {"enum": [False]}}},
+                               {"required": ["correction", "reason"]}],
                      "example": {"prediction_id": "0192f3a1c2d4e5f60718293a4b5c6d7e",
                                  "outcome": outcomes[0] if outcomes else "good",
                                  "index": 0}},

@@ -557,3 +557,9 @@ def test_html_pages_carry_a_strict_csp_and_json_is_not_stored(client, keys):
     assert f'<script nonce="{nonce}">' in response.get_data(as_text=True)
     for path in ("/model", "/ready", "/no-such-route"):
         assert client.get(path, headers=headers).headers["Cache-Control"] == "no-store"
+
+
+def test_a_wrong_method_on_a_probe_is_405_for_anyone_elsewhere_401_first(client, keys):
+    assert_error(client.post("/ready"), 405)
+    assert_error(client.get("/predict"), 401)
+    assert_error(client.get("/predict", headers=bearer(keys[1]["watcher"])), 405)

@@ -46,48 +46,53 @@ def gauges(client, name):
 
 
 def test_feedback_is_recorded_then_idempotent_and_never_overwritten(client, example):
-    predict(client, example, "req-1")
-    first = client.post("/feedback", json={"request_id": "req-1", "outcome": "bad"})
+    req = predict(client, example, "req-1")["prediction_id"]
+    first = client.post("/feedback", json={"prediction_id": req, "outcome": "bad"})
     assert first.status_code == 200
-    assert first.get_json() == {"request_id": "req-1", "index": 0, "outcome": "bad",
+    assert first.get_json() == {"prediction_id": req, "index": 0, "outcome": "bad",
                                 "status": "created"}
-    again = client.post("/feedback", json={"request_id": "req-1", "outcome": "bad"})
+    again = client.post("/feedback", json={"prediction_id": req, "outcome": "bad"})
     assert again.status_code == 200 and again.get_json()["status"] == "unchanged"
-    body = assert_error(client.post("/feedback", json={"request_id": "req-1",
+    body = assert_error(client.post("/feedback", json={"prediction_id": req,
                                                        "outcome": "good"}), 409)
     assert "different outcome" in body["message"]
 
 
 def test_feedback_labels_one_applicant_of_a_batch_by_index(client, app, example):
-    predict(client, {"instances": [example, example, example]}, "batch-1")
-    assert client.post("/feedback", json={"request_id": "batch-1", "index": 2,
+    batch = predict(client, {"instances": [example, example, example]}, "batch-1")
+    assert client.post("/feedback", json={"prediction_id": batch["prediction_id"], "index": 2,
                                           "outcome": "good"}).status_code == 200
     rows = app.extensions["prediction_store"].window()
     assert [r["outcome"] for r in rows] == [None, None, "good"]
 
 
 @pytest.mark.parametrize("body", [
-    {"request_id": "never-seen", "outcome": "good"},
-    {"request_id": "batch-2", "index": 3, "outcome": "good"},
+    {"prediction_id": "never-seen", "outcome": "good"},
+    {"prediction_id": "batch-2", "index": 3, "outcome": "good"},
 ], ids=["unknown-id", "index-beyond-the-batch"])
 def test_feedback_for_an_unknown_prediction_is_404(client, example, body):
-    predict(client, {"instances": [example, example]}, "batch-2")
+    batch = predict(client, {"instances": [example, example]}, "batch-2")
+    if body["prediction_id"] == "batch-2":  # the batch's own id, one index too far
+        body = {**body, "prediction_id": batch["prediction_id"]}
     assert_error(client.post("/feedback", json=body), 404)
+    # Its correlation id is no key either: feedback by it finds nothing.
+    assert_error(client.post("/feedback", json={"prediction_id": "batch-2",
+                                                "outcome": "good"}), 404)
 
 
 @pytest.mark.parametrize("body, fields", [
-    ({"outcome": "good"}, ["request_id"]),
-    ({"request_id": "r"}, ["outcome"]),
-    ({"request_id": "r", "outcome": SECRET}, ["outcome"]),
-    ({"request_id": "r", "outcome": "GOOD"}, ["outcome"]),
-    ({"request_id": int(SECRET), "outcome": "good"}, ["request_id"]),
-    ({"request_id": "has space", "outcome": "good"}, ["request_id"]),
-    ({"request_id": "x" * 129, "outcome": "good"}, ["request_id"]),
-    ({"request_id": "r", "outcome": "good", "index": -1}, ["index"]),
-    ({"request_id": "r", "outcome": "good", "index": 1.5}, ["index"]),
-    ({"request_id": "r", "outcome": "good", "index": True}, ["index"]),
-    ({"request_id": "r", "outcome": "good", SECRET: 1}, [SECRET]),
-    ({"request_id": None, "outcome": None, "index": "0"}, ["request_id", "outcome", "index"]),
+    ({"outcome": "good"}, ["prediction_id"]),
+    ({"prediction_id": "r"}, ["outcome"]),
+    ({"prediction_id": "r", "outcome": SECRET}, ["outcome"]),
+    ({"prediction_id": "r", "outcome": "GOOD"}, ["outcome"]),
+    ({"prediction_id": int(SECRET), "outcome": "good"}, ["prediction_id"]),
+    ({"prediction_id": "has space", "outcome": "good"}, ["prediction_id"]),
+    ({"prediction_id": "x" * 129, "outcome": "good"}, ["prediction_id"]),
+    ({"prediction_id": "r", "outcome": "good", "index": -1}, ["index"]),
+    ({"prediction_id": "r", "outcome": "good", "index": 1.5}, ["index"]),
+    ({"prediction_id": "r", "outcome": "good", "index": True}, ["index"]),
+    ({"prediction_id": "r", "outcome": "good", SECRET: 1}, [SECRET]),
+    ({"prediction_id": None, "outcome": None, "index": "0"}, ["prediction_id", "outcome", "index"]),
     ([], ["body"]),
     ("bad", ["body"]),
 ])
@@ -106,7 +111,7 @@ def test_invalid_feedback_is_400_naming_each_field_without_echoing_values(client
 @pytest.mark.parametrize("outcome", [1, "yes", None])
 def test_outcome_problem_quotes_the_allowed_strings_of_a_numeric_target(outcome):
     with pytest.raises(APIError) as err:
-        parse_feedback({"request_id": "r", "outcome": outcome}, ("0", "1"))
+        parse_feedback({"prediction_id": "r", "outcome": outcome}, ("0", "1"))
     assert err.value.details == [{"field": "outcome",
                                   "problem": 'must be a string, one of: "0", "1"'}]
 
@@ -114,8 +119,8 @@ def test_outcome_problem_quotes_the_allowed_strings_of_a_numeric_target(outcome)
 @pytest.mark.parametrize("data, content_type, status", [
     (b"", "application/json", 400),
     (b"{not json", "application/json", 400),
-    (b'{"request_id": "r", "outcome": NaN}', "application/json", 400),
-    (b'{"request_id": "r", "outcome": "good"}', "text/plain", 415),
+    (b'{"prediction_id": "r", "outcome": NaN}', "application/json", 400),
+    (b'{"prediction_id": "r", "outcome": "good"}', "text/plain", 415),
 ])
 def test_feedback_rejects_bodies_that_are_not_json(client, data, content_type, status):
     assert_error(client.post("/feedback", data=data, content_type=content_type), status)
@@ -172,7 +177,8 @@ def test_outcome_metrics_match_the_evaluation_functions(client, applicants, data
     answer = predict(client, {"instances": applicants[:400]}, "labelled")
     labels = ["bad" if y else "good" for y in dataset.y[:400]]
     for i, outcome in enumerate(labels):
-        assert client.post("/feedback", json={"request_id": "labelled", "index": i,
+        assert client.post("/feedback", json={"prediction_id": answer["prediction_id"],
+                                              "index": i,
                                               "outcome": outcome}).status_code == 200
     body = client.get("/monitoring?days=1").get_json()
     metrics = body["outcomes"]["metrics"]
@@ -192,8 +198,8 @@ def test_outcome_metrics_match_the_evaluation_functions(client, applicants, data
 
 
 def test_one_class_of_outcomes_reports_counts_without_ranking_metrics(client, example):
-    predict(client, example, "only-good")
-    client.post("/feedback", json={"request_id": "only-good", "outcome": "good"})
+    only = predict(client, example, "only-good")["prediction_id"]
+    client.post("/feedback", json={"prediction_id": only, "outcome": "good"})
     outcomes = client.get("/monitoring").get_json()["outcomes"]
     assert outcomes["labelled"] == 1 and outcomes["good"] == 1
     assert outcomes["metrics"] is None

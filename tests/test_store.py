@@ -66,14 +66,16 @@ def test_ready_reports_the_store_ok(make_app, db_url):
 def test_rows_and_feedback_survive_a_restart_on_the_same_database(make_app, db_url,
                                                                   example):
     first = make_app(DATABASE_URL=db_url).test_client()
-    assert first.post("/predict", json=example, headers={"X-Request-ID": "kept"}).status_code == 200
-    assert first.post("/feedback", json={"request_id": "kept", "outcome": "bad"}
+    made = first.post("/predict", json=example, headers={"X-Request-ID": "kept"})
+    assert made.status_code == 200
+    kept = made.get_json()["prediction_id"]
+    assert first.post("/feedback", json={"prediction_id": kept, "outcome": "bad"}
                       ).status_code == 200
 
     again = make_app(DATABASE_URL=db_url)
     rows = again.extensions["prediction_store"].window()
     assert [(r["request_id"], r["outcome"]) for r in rows] == [("kept", "bad")]
-    answer = again.test_client().post("/feedback", json={"request_id": "kept", "outcome": "bad"})
+    answer = again.test_client().post("/feedback", json={"prediction_id": kept, "outcome": "bad"})
     assert answer.get_json()["status"] == "unchanged"
 
 
@@ -114,7 +116,7 @@ def test_a_store_outage_keeps_predictions_and_the_audit_line(make_app, url, mode
     errors = client.get("/metrics").get_data(as_text=True)
     assert 'credit_api_store_errors_total{operation="write"}' in errors
     for path, kwargs in (("/monitoring", {}),
-                         ("/feedback", {"json": {"request_id": "x", "outcome": "good"}})):
+                         ("/feedback", {"json": {"prediction_id": "x", "outcome": "good"}})):
         answer = getattr(client, "get" if path == "/monitoring" else "post")(path, **kwargs)
         assert answer.status_code == 503
         assert set(answer.get_json()) == {"error", "message", "details"}
@@ -175,15 +177,18 @@ def test_labelled_rows_become_a_frame_of_spec_columns(spec, example):
     assert X["credit_amount"].isna().tolist() == [True, False]
 
 
-def test_a_reused_request_id_keeps_both_predictions_and_feedback_labels_the_newest(
+def test_a_reused_request_id_keeps_both_predictions_each_with_its_own_prediction_id(
         make_app, db_url, example):
     app = make_app(DATABASE_URL=db_url)
     client = app.test_client()
+    ids = []
     for amount in (1000, 2000):
         response = client.post("/predict", json={**example, "credit_amount": amount},
                                headers={"X-Request-ID": "reused"})
         assert response.status_code == 200
-    assert client.post("/feedback", json={"request_id": "reused", "outcome": "good"}
+        ids.append(response.get_json()["prediction_id"])
+    assert len(set(ids)) == 2
+    assert client.post("/feedback", json={"prediction_id": ids[1], "outcome": "good"}
                        ).status_code == 200
     rows = app.extensions["prediction_store"].window()
     assert [(r["features"]["credit_amount"], r["outcome"]) for r in rows] == [
@@ -199,13 +204,13 @@ def test_a_queued_prediction_is_answered_before_it_is_written_and_a_read_flushes
     app = make_app(DATABASE_URL=db_url, STORE_FLUSH_SECONDS=60)
     client = app.test_client()
     capsys.readouterr()
-    assert client.post("/predict", json=example, headers={"X-Request-ID": "q-1"}
-                       ).status_code == 200
+    answer = client.post("/predict", json=example, headers={"X-Request-ID": "q-1"})
+    assert answer.status_code == 200
     assert request_lines(capsys.readouterr().out, "/predict")[0]["stored"] == "queued"
     assert committed_ids(db_url) == []  # answered; the writer waits up to 60 s
     # Feedback right after the prediction, in the same process, finds it.
-    assert client.post("/feedback", json={"request_id": "q-1", "outcome": "bad"}
-                       ).status_code == 200
+    assert client.post("/feedback", json={"prediction_id": answer.get_json()["prediction_id"],
+                                          "outcome": "bad"}).status_code == 200
     assert committed_ids(db_url) == ["q-1"]
 
 

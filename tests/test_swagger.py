@@ -7,8 +7,11 @@ import re
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.config._auth import OpenAPIAuthConfig
 
 from ml.spec.schema import CATEGORICAL, validate_record
+
+from helpers import CLIENT_HEADERS
 
 pytestmark = pytest.mark.app_settings(MAX_BATCH=20, TESTING=False)
 
@@ -80,7 +83,7 @@ def test_batch_limit_threshold_and_grades_come_from_config_and_card(document, pr
         "risk_grade"]["description"]
 
 
-@pytest.mark.parametrize("status", [400, 404, 405, 413, 415, 503])
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 413, 415, 429, 503])
 def test_error_responses_share_one_documented_shape(document, status):
     response = document["components"]["responses"][f"Error{status}"]
     assert response["description"]
@@ -90,7 +93,20 @@ def test_error_responses_share_one_documented_shape(document, status):
 
 def test_predict_documents_its_real_statuses(document):
     responses = document["paths"]["/predict"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "413", "415", "503"}
+    assert set(responses) == {"200", "400", "401", "403", "413", "415", "429", "503"}
+
+
+def test_each_operation_documents_what_it_needs(document):
+    paths = document["paths"]
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert document["security"] == [{"bearer": []}]
+    for path in ("/health_check", "/ready"):
+        assert paths[path]["get"]["security"] == []
+    for path, method, scope in (("/predict", "post", "score"), ("/feedback", "post", "feedback"),
+                                ("/monitoring", "get", "monitor"), ("/metrics", "get", "metrics")):
+        assert f"`{scope}` scope" in paths[path][method]["description"]
+        assert {"401", "403"} <= set(paths[path][method]["responses"])
+    assert "403" not in paths["/model"]["get"]["responses"]
 
 
 def test_swagger_ui_references_no_outside_url(client):
@@ -115,8 +131,13 @@ def test_swagger_assets_reference_no_cdn(client):
 
 @pytest.fixture(scope="module")
 def api_schema(app):
-    schema = schemathesis.openapi.from_wsgi("/apispec_1.json", app)
+    schema = schemathesis.openapi.from_wsgi("/apispec_1.json", app,
+                                            headers=dict(CLIENT_HEADERS))
     schema.config.generation.update(modes=["positive", "negative"], max_examples=50)
+    # The suite's key for the document's bearer scheme: schemathesis sends it, and drops
+    # it in the negative cases that test a missing credential.
+    token = CLIENT_HEADERS["Authorization"].removeprefix("Bearer ")
+    schema.config.auth.openapi = OpenAPIAuthConfig(schemes={"bearer": {"bearer": token}})
     return schema
 
 
