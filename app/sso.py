@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
 from authlib.integrations.base_client import OAuthError
 from authlib.integrations.flask_client import OAuth
 from flask import (Blueprint, Flask, Request, Response, current_app, redirect, request,
                    session, url_for)
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from joserfc.errors import JoseError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import auth, logs
@@ -190,7 +192,17 @@ def signin_with_sso() -> Response:
         return redirect(url_for("sso.signin"))
     session["next"] = safe_next(request.args.get("next"))
     client = current_app.extensions[EXTENSION]
-    return client.authorize_redirect(_redirect_uri())
+    try:
+        return client.authorize_redirect(_redirect_uri())
+    except requests.RequestException:  # its discovery document could not be fetched
+        return _unreachable()
+
+
+def _unreachable() -> Response:
+    log.warning("the OpenID provider could not be reached")
+    logs.annotate(signin="provider unreachable")
+    return _signin_page(503, "The bank's sign-in service cannot be reached. "
+                             "Please try again in a few minutes.")
 
 
 @bp.get("/signin/callback")
@@ -201,9 +213,11 @@ def callback() -> Response:
     client = current_app.extensions[EXTENSION]
     try:
         token = client.authorize_access_token()
-    except OAuthError as exc:  # denied, state mismatch, code refused by the provider
-        logs.annotate(signin="refused", oauth_error=exc.error)
+    except (OAuthError, JoseError) as exc:  # denied, forged state, code or ID token refused
+        logs.annotate(signin="refused", oauth_error=getattr(exc, "error", type(exc).__name__))
         return _signin_page(400, "Signing in did not complete. Please try again.")
+    except requests.RequestException:
+        return _unreachable()
     oidc = _auth_state().oidc
     identity = oidc.verify(token["access_token"]) if oidc is not None else None
     if identity is None:

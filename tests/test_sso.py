@@ -206,3 +206,13 @@ def test_with_an_issuer_the_page_offers_sso_instead_of_a_key(make_app):
     callback = client.get("/signin/callback?code=x&state=forged", headers=BROWSER)
     assert callback.status_code == 400 and "did not complete" in callback.get_data(
         as_text=True)
+
+
+def test_an_unreachable_provider_gets_a_503_page_not_a_500(make_app, keys):
+    from helpers import free_port
+
+    app = make_app(OIDC_ISSUER=f"http://127.0.0.1:{free_port()}",
+                   OIDC_AUDIENCE="credit-risk-api", OIDC_CLIENT_ID="credit-form")
+    response = FlaskClient(app, use_cookies=True).get("/signin/sso", headers=BROWSER)
+    assert response.status_code == 503
+    assert "cannot be reached" in response.get_data(as_text=True)
