@@ -559,7 +559,9 @@ def test_html_pages_carry_a_strict_csp_and_json_is_not_stored(client, keys):
         assert client.get(path, headers=headers).headers["Cache-Control"] == "no-store"
 
 
-def test_a_wrong_method_on_a_probe_is_405_for_anyone_elsewhere_401_first(client, keys):
+def test_a_wrong_method_on_a_probe_is_405_for_anyone_elsewhere_auth_comes_first(client, keys):
     assert_error(client.post("/ready"), 405)
     assert_error(client.get("/predict"), 401)
-    assert_error(client.get("/predict", headers=bearer(keys[1]["watcher"])), 405)
+    assert_error(client.get("/predict", headers=bearer(keys[1]["watcher"])), 403,
+                 "insufficient_scope")  # a route's scope covers all its methods
+    assert_error(client.get("/predict", headers=bearer(keys[1]["full"])), 405)

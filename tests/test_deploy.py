@@ -624,8 +624,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def get(url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+def get(url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -738,6 +741,11 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy2(ROOT / "gunicorn.conf.py", src)
         shutil.copytree(model_dir, src / "models")
+        # The API key file, as the pod mounts it from a Secret (auth is on by default).
+        from app.auth_keys import create_key
+
+        keys_file = src / "secrets" / "api-keys.yaml"
+        key = create_key(str(keys_file), "smoke", ["score"])
         for path in [sandbox, sandbox / "app-root", *src.rglob("*"), src]:
             os.chown(path, 1001, 0, follow_symlinks=False)
             mode = path.stat().st_mode
@@ -759,6 +767,7 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
         env.update({k: in_image(v) for k, v in api_env().items()})
         env.update({k: in_image(v) for k, v in config.items()})
         env["PORT"] = str(port)
+        env["API_KEYS_FILE"] = str(keys_file)
         command = api_command()
         assert command[0] == "gunicorn" and (BIN / "gunicorn").is_file()
 
@@ -798,8 +807,10 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
             assert status == 200, (f"/ready answered {status} {body[:2000]!r}; server log:\n"
                                    + log.read_text()[:4000])
             assert get(f"http://127.0.0.1:{port}/health_check")[0] == 200
-            example = json.loads(get(f"http://127.0.0.1:{port}/model")[1])["example"]
-            status, body = get(f"http://127.0.0.1:{port}/predict", json.dumps(example).encode())
+            assert get(f"http://127.0.0.1:{port}/model")[0] == 401
+            example = json.loads(get(f"http://127.0.0.1:{port}/model", key=key)[1])["example"]
+            status, body = get(f"http://127.0.0.1:{port}/predict", json.dumps(example).encode(),
+                               key)
             assert status == 200, body
 
             # The first worker can answer before gunicorn has forked the last one.

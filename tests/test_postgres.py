@@ -98,10 +98,11 @@ def test_predictions_feedback_and_monitoring_work_on_postgresql(app, example):
                            headers={"X-Request-ID": "pg-batch"})
     assert response.status_code == 200
     assert client.get("/ready").get_json()["store"] == "ok"
-    answer = client.post("/feedback", json={"request_id": "pg-batch", "index": 1,
+    batch = response.get_json()["prediction_id"]
+    answer = client.post("/feedback", json={"prediction_id": batch, "index": 1,
                                             "outcome": "bad"})
     assert answer.status_code == 200 and answer.get_json()["status"] == "created"
-    assert client.post("/feedback", json={"request_id": "pg-batch", "index": 1,
+    assert client.post("/feedback", json={"prediction_id": batch, "index": 1,
                                           "outcome": "good"}).status_code == 409
     rows = [r for r in app.extensions["prediction_store"].window(days=1)
             if r["request_id"] == "pg-batch"]
@@ -172,10 +173,12 @@ def test_sync_save_and_a_queued_group_give_the_same_rows_on_postgresql(postgres,
     assert store.flush(10)
     rows = [r for r in store.window(days=1, now=now)
             if r["request_id"] in ("pg-sync", "pg-async")]
-    strip = [{k: v for k, v in r.items() if k not in ("id", "request_id")} for r in rows]
+    strip = [{k: v for k, v in r.items() if k not in ("id", "request_id", "prediction_id")}
+             for r in rows]
     assert len(rows) == 4 and strip[:2] == strip[2:]
     assert strip[1] == {"item": 1, "batch": True, "created_at": now, "model_name": "m",
                         "model_version": "v", "features": example,
                         "probability_of_default": 0.25, "decision": "decline",
-                        "outcome": None, "labelled_at": None}
+                        "outcome": None, "labelled_at": None, "client": None,
+                        "labelled_by": None}
     store.dispose()
