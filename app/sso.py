@@ -124,7 +124,9 @@ def session_identity(req: Request) -> auth.Identity | None:
 def signed_in_name() -> dict[str, str | None]:
     """Template context: ``person``, the name shown beside the sign-out button."""
     stored = session.get(SESSION_KEY)
-    return {"person": stored.get("name") if isinstance(stored, dict) else None}
+    if not isinstance(stored, dict) or float(stored.get("exp", 0)) <= time.time():
+        return {"person": None}
+    return {"person": stored.get("name")}
 
 
 def oidc_enabled(app: Flask | None = None) -> bool:
@@ -295,6 +297,8 @@ def init_app(app: Flask) -> None:
                   # Checked where a cookie is relied on (check_csrf), not on every POST:
                   # bearer-authenticated API calls carry no cookie and need no token.
                   WTF_CSRF_CHECK_DEFAULT=False,
+                  # A form left open for a while stays good as long as its session.
+                  WTF_CSRF_TIME_LIMIT=3600 * config["SESSION_HOURS"],
                   # Flask-WTF's extra HTTPS check wants a same-site Referer, which the
                   # pages' Referrer-Policy (no-referrer) never lets a browser send; the
                   # token and the SameSite=Lax cookie are the defence.
