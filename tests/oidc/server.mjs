@@ -12,11 +12,14 @@
 //
 // Users (password "correct horse"): "officer" may score, "visitor" may only monitor.
 // Access tokens carry the granted API scopes in `scope` and the user's `roles`.
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, webcrypto } from 'node:crypto';
 import http from 'node:http';
 import { URLSearchParams } from 'node:url';
 
-import Provider from 'oidc-provider';
+// Node 18 (Debian 12's nodejs) has WebCrypto only as node:crypto's webcrypto; the
+// provider's JOSE library wants it global, so it is imported after this line.
+globalThis.crypto ??= webcrypto;
+const { default: Provider } = await import('oidc-provider');
 
 const API_SCOPES = 'score feedback monitor metrics';
 const PASSWORD = 'correct horse';
