@@ -14,6 +14,8 @@ DEB_PACKAGES := chromium chromium-driver postgresql prometheus wrk
 DEV_KEYS := $(CURDIR)/.keys
 export MODEL_SIGNING_KEY_FILE ?= $(DEV_KEYS)/signing.pem
 export MODEL_TRUSTED_KEYS ?= $(DEV_KEYS)/trusted
+NODE_PACKAGES := nodejs npm
+OIDC_PROVIDER := tests/oidc/node_modules/.package-lock.json
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev system-deps dev-keys train api run test lint bench docker-build image-check deploy clean
@@ -39,8 +41,9 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 install: $(VENV)/.runtime ## Create .venv and install the pinned runtime dependencies
 install-dev: $(VENV)/.dev ## Also install the pinned test and lint tools
 
-system-deps: ## Install the Debian packages the tests need (chromium, postgresql, prometheus, wrk)
+system-deps: ## Install the Debian packages the tests need (chromium, postgresql, prometheus, wrk, node)
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing $(NODE_PACKAGES)"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; fi; \
@@ -49,6 +52,11 @@ system-deps: ## Install the Debian packages the tests need (chromium, postgresql
 dev-keys: install ## Generate the development signing key pair under .keys/ if there is none
 	@if [ "$(MODEL_SIGNING_KEY_FILE)" = "$(DEV_KEYS)/signing.pem" ] && [ ! -f "$(DEV_KEYS)/signing.pem" ]; then \
 	  $(PY) -m ml keygen --private "$(DEV_KEYS)/signing.pem" --public "$(DEV_KEYS)/trusted/dev.pub"; fi
+
+# The OpenID provider the sign-in browser tests start (tests/oidc: oidc-provider, pinned
+# by its package-lock.json). Node may come from Debian or elsewhere: only npm is checked.
+$(OIDC_PROVIDER): tests/oidc/package.json tests/oidc/package-lock.json
+	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 
 train: install dev-keys ## Train, evaluate, sign and publish a model artifact under models/
 	$(PY) -m ml train
@@ -68,7 +76,7 @@ run: install dev-keys ## Train the default model if none exists, then serve on :
 	API_KEYS_FILE=$${API_KEYS_FILE:-$$( [ -n "$$OIDC_ISSUER" ] || echo $(LOCAL_KEYS))} \
 	  PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
 
-test: system-deps install-dev ## Install everything, run the whole test suite with coverage, then the image check
+test: system-deps install-dev $(OIDC_PROVIDER) ## Install everything, run the whole test suite with coverage, then the image check
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml
 	PYTHON=$(PY) tools/image_check.sh
 
@@ -90,4 +98,4 @@ deploy: ## Roll out to OpenShift: oc apply -k k8s/overlays/$(ENV), then wait for
 	oc rollout status deployment/credit-risk-api --timeout=10m
 
 clean: ## Remove the virtualenv, built models and reports
-	rm -rf $(VENV) models reports .coverage* coverage.xml
+	rm -rf $(VENV) models reports .coverage* coverage.xml tests/oidc/node_modules

@@ -11,7 +11,8 @@ from typing import Any, Callable, Mapping
 
 from flask import Flask
 
-from app import api, auth, auth_guard, errors, logs, metrics, model, monitoring, swagger, web
+from app import (api, auth, auth_guard, errors, logs, metrics, model, monitoring, sso, swagger,
+                 web)
 from app.config import load_config
 
 
@@ -53,6 +54,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     monitoring.init_app(app)  # prediction store, POST /feedback, GET /monitoring
     web.init_app(app)  # the HTML form at /
+    sso.init_app(app)  # people sign in (SSO or an API key), then use a session cookie
     swagger.init_app(app)
     auth_guard.init_app(app)  # rate limits on the routes above, body bound, HTML headers
     return app

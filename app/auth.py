@@ -51,6 +51,13 @@ ENDPOINT_SCOPES: dict[str, str | None] = {
     "monitoring.feedback": "feedback",
     "monitoring.monitoring": "monitor",
     "metrics": "metrics",
+    # Signing in (app.sso) and the pages' stylesheet: before anyone is known.
+    "sso.signin": OPEN,
+    "sso.signin_with_key": OPEN,
+    "sso.signin_with_sso": OPEN,
+    "sso.callback": OPEN,
+    "sso.signout": OPEN,
+    "static": OPEN,
 }
 REALM = "credit-risk-api"
 # RFC 6750 b64token, bounded: a longer header is not a credential we issue or accept.
@@ -110,6 +117,8 @@ class AuthState:
     def __init__(self, required: bool) -> None:
         self.required = required
         self.authenticators: list[Authenticator] = []
+        self.keys: Any | None = None  # the KeyFile, for sign-in with a key (app.sso)
+        self.oidc: Any | None = None  # the OidcVerifier, for SSO sign-in (app.sso)
 
     def authenticate(self, req: Request) -> Identity | None:
         """The first identity an authenticator finds, None when no credential was sent.
@@ -223,6 +232,7 @@ def init_app(app: Flask) -> None:
         if keys is None and oidc is None:
             raise RuntimeError("authentication is required (AUTH_REQUIRED) but neither "
                                "API_KEYS_FILE nor OIDC_ISSUER is set")
+        state.keys, state.oidc = keys, oidc
         state.authenticators.append(bearer_authenticator(keys, oidc))
     else:
         log.warning("AUTH_REQUIRED is false: every route is open to anyone")

@@ -39,7 +39,7 @@ from app.errors import APIError
 log = logging.getLogger(__name__)
 
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'{styles}; "
-       "script-src 'self'{nonce}; form-action 'self'; frame-ancestors 'none'; "
+       "script-src 'self'{nonce}; form-action 'self'{forms}; frame-ancestors 'none'; "
        "base-uri 'none'; object-src 'none'")
 EXTENSION = "rate_limiter"
 LIMITED = {"api.predict": "RATELIMIT_PREDICT", "web.submit": "RATELIMIT_PREDICT",
@@ -70,7 +70,8 @@ def _security_headers(response: Response) -> Response:
         # Swagger UI styles itself inline; scripts stay nonce-only.
         headers["Content-Security-Policy"] = CSP.format(
             styles=" 'unsafe-inline'" if nonce else "",
-            nonce=f" 'nonce-{nonce}'" if nonce else "")
+            nonce=f" 'nonce-{nonce}'" if nonce else "",
+            forms=current_app.config.get("CSP_FORM_ACTION_EXTRA", ""))  # app.sso: the SSO
         headers["X-Frame-Options"] = "DENY"
         headers["Referrer-Policy"] = "no-referrer"
     elif response.mimetype == "application/json" and "Cache-Control" not in headers:

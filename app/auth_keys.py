@@ -186,7 +186,11 @@ class KeyFile:
 
     def lookup(self, key: str) -> Identity | None:
         """The identity of a presented key, None when no stored hash matches."""
-        digest = hashlib.sha256(key.encode("utf-8")).digest()
+        return self.lookup_digest(hashlib.sha256(key.encode("utf-8")).digest())
+
+    def lookup_digest(self, digest: bytes) -> Identity | None:
+        """The identity whose stored hash is ``digest`` (a signed-in session keeps the
+        hash, never the key), None when none matches (or the key was revoked)."""
         found = None
         for stored, identity in self._current():
             if hmac.compare_digest(stored, digest):

@@ -139,6 +139,21 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
     "RATELIMIT_PREDICT": ("100/second", _rate_limit, "Per-client limit on POST /predict "
                                                      "and the form POST, e.g. 100/second"),
     "RATELIMIT_FEEDBACK": ("20/second", _rate_limit, "Per-client limit on POST /feedback"),
+    # People signing in (app/sso.py): the form and the Swagger UI.
+    "SECRET_KEY": (None, str, "Signs the session cookie; from a Secret (default: random per "
+                              "start, so sign-ins end on a restart and do not span pods)"),
+    "SECRET_KEY_FILE": (None, str, "File holding SECRET_KEY (a mounted Secret)"),
+    "OIDC_CLIENT_ID": (None, str, "This app's client id at the OIDC issuer: with OIDC_ISSUER, "
+                                  "people sign in with SSO (else with an API key)"),
+    "OIDC_CLIENT_SECRET": (None, str, "This app's client secret at the issuer (from a Secret)"),
+    "OIDC_REDIRECT_URI": (None, str, "Redirect URI registered at the issuer (default: "
+                                     "<this server>/signin/callback)"),
+    "OIDC_SIGNIN_SCOPES": ("openid profile score", str, "Scopes requested when a person "
+                                                        "signs in with SSO"),
+    "TRUSTED_PROXIES": (0, _non_negative_int, "Proxies in front whose X-Forwarded-* headers "
+                                              "are trusted (OpenShift's router: 1), so the "
+                                              "session cookie is Secure behind edge TLS"),
+    "SESSION_HOURS": (8, _positive_int, "Longest a browser stays signed in"),
 }
 
 

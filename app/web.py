@@ -16,18 +16,17 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from flask import Blueprint, Flask, Response, current_app, render_template, request
+from flask import (Blueprint, Flask, Response, current_app, redirect, render_template, request,
+                   url_for)
 
 from app import logs, services
+from app.errors import APIError, handle_api_error
 from app.auth import current_identity
 from app.model import get_state
 from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature, validate_record
 
 bp = Blueprint("web", __name__)
 
-# Everything the page uses comes from this server; no inline script, no frames.
-CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 DECISION_TEXT = {"approve": "Approve", "decline": "Decline"}
 
 
@@ -118,14 +117,17 @@ def describe_result(predictor: Any, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _page(status: int = 200, **context: Any) -> Response:
-    response = Response(render_template("form.html", **context), status=status,
+def html_page(template: str, status: int = 200, **context: Any) -> Response:
+    """A page for people (the form, sign-in), never cached: it can hold an applicant's
+    data and a credit decision. The security headers are :mod:`app.auth_guard`'s."""
+    response = Response(render_template(template, **context), status=status,
                         mimetype="text/html")
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    # The page can hold an applicant's data and a credit decision: never cache it.
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _page(status: int = 200, **context: Any) -> Response:
+    return html_page("form.html", status, **context)
 
 
 def _not_ready() -> Response:
@@ -165,6 +167,31 @@ def submit() -> Response:
     return _page(spec=spec, predictor=predictor, errors={}, values=values,
                  result=describe_result(predictor, results[0]),
                  request_id=prediction_id)
+
+
+def wants_page() -> bool:
+    """Whether the caller is a person's browser (it prefers HTML and sends no bearer
+    credential), rather than a script, which gets the API's JSON errors."""
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html" and "Authorization" not in request.headers
+
+
+@bp.errorhandler(APIError)
+def refused(exc: APIError) -> Response:
+    """The edge check's refusals as people see them: a stranger's browser is sent to sign
+    in, a person without the ``score`` scope gets a page saying so. Scripts get the one
+    JSON error shape (401 with ``WWW-Authenticate``, 403) as on every other route."""
+    if not wants_page():
+        return handle_api_error(exc)
+    if exc.status == 401:
+        target = request.full_path.rstrip("?") if request.method == "GET" else "/"
+        return redirect(url_for("sso.signin", next=target), 303)
+    if exc.status == 403:
+        return html_page("refused.html", 403, title="You may not assess applications",
+                         text="You are signed in, but your account does not grant the "
+                              "score scope. Ask your administrator for it.")
+    return html_page("refused.html", exc.status, title="The request was refused",
+                     text=exc.message)
 
 
 def init_app(app: Flask) -> None:
