@@ -53,17 +53,21 @@ ARG TRAIN_ARGS=""
 COPY --chown=1001:0 ml/ ml/
 COPY --chown=1001:0 data/ data/
 COPY --from=native --chown=1001:0 /opt/app-root/src/ml/serving/_treewalk.*.so ml/serving/
-# The context has no .git: the model card gets its commit from GIT_COMMIT. The build-time
-# model is signed with a key pair made in this same step; its private half is deleted in
-# the same layer, its public half is what the images trust by default (MODEL_TRUSTED_KEYS).
-# A production deployment trusts only the production key instead (a ConfigMap mounted over
-# MODEL_TRUSTED_KEYS; docs/deploy.md, "Signing"), so a build-time model is never served
-# there.
+# The context has no .git: the model card gets its commit from GIT_COMMIT. The model is
+# signed with the BuildKit secret `model_signing_key` when the build has one (the CD
+# pipeline's production key: docker build --secret id=model_signing_key,src=...; its
+# public half reaches the pods through a ConfigMap, docs/deploy.md "Signing"). Without
+# it, with a key pair made in this same step: its private half is deleted in the same
+# layer, its public half is what the images trust by default (keys/trusted/build.pub).
 # hadolint ignore=SC2086
-RUN python -m ml keygen --private /tmp/build-key/signing.pem --public keys/trusted/build.pub \
- && MODEL_SIGNING_KEY_FILE=/tmp/build-key/signing.pem GIT_COMMIT="${REVISION}" \
-    python -m ml train ${TRAIN_ARGS} \
- && rm -rf /tmp/build-key
+RUN --mount=type=secret,id=model_signing_key,uid=1001 \
+    set -e; mkdir -p keys/trusted; key=/run/secrets/model_signing_key; \
+    if [ ! -s "$key" ]; then \
+      key=/tmp/build-key/signing.pem; \
+      python -m ml keygen --private "$key" --public keys/trusted/build.pub; \
+    fi; \
+    MODEL_SIGNING_KEY_FILE="$key" GIT_COMMIT="${REVISION}" python -m ml train ${TRAIN_ARGS}; \
+    rm -rf /tmp/build-key
 # The jobs run like the api: random UID in group 0, read-only root, /tmp writable. models/
 # stays group-writable: compose.yaml trains into a volume that starts as a copy of it.
 USER 0

@@ -110,8 +110,12 @@ def test_dashboard_covers_the_service_and_queries_only_exported_metrics(
     assert used and used <= exported, used - exported
 
 
-def test_compose_prometheus_loads_the_rule_file(promtool):
+def test_compose_prometheus_loads_the_rule_file(promtool, tmp_path):
+    # Laid out as compose mounts it: the config, the rules and the scrape token side by side.
+    for name in ("prometheus.yml", "alerts.yml"):
+        (tmp_path / name).write_text((RULES.parent / name).read_text())
+    (tmp_path / "metrics-token").write_text("a-token-with-the-metrics-scope\n")
     result = subprocess.run([promtool, "check", "config", "prometheus.yml"], capture_output=True,
-                            text=True, timeout=60, cwd=RULES.parent)
+                            text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 rules found" in result.stdout + result.stderr

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shlex
+import secrets
 import shutil
 import signal
 import socket
@@ -928,6 +929,7 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
 
         keys_file = src / "secrets" / "api-keys.yaml"
         key = create_key(str(keys_file), "smoke", ["score"])
+        keys_file.with_name("secret-key").write_text(secrets.token_hex(32))
         for path in [sandbox, sandbox / "app-root", *src.rglob("*"), src]:
             os.chown(path, 1001, 0, follow_symlinks=False)
             mode = path.stat().st_mode
@@ -949,8 +951,10 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
         env.update({k: in_image(v) for k, v in api_env().items()})
         env.update({k: in_image(v) for k, v in config.items()})
         env["PORT"] = str(port)
+        # What the Deployment mounts from Secrets and a ConfigMap, at the sandbox's paths.
         env["API_KEYS_FILE"] = str(keys_file)
-        env.setdefault("MODEL_TRUSTED_KEYS", str(src / "trusted-keys"))
+        env["MODEL_TRUSTED_KEYS"] = str(src / "trusted-keys")
+        env["SECRET_KEY_FILE"] = str(keys_file.with_name("secret-key"))
         command = api_command()
         assert command[0] == "gunicorn" and (BIN / "gunicorn").is_file()
 

@@ -121,13 +121,34 @@ standin() {  # KIND NAME: import the cached stand-in tarball (built if missing);
 OPENSHIFT_RUN=(--user "$OPENSHIFT_UID:0" --read-only --tmpfs /tmp:rw,mode=1777
                --cap-drop ALL --security-opt no-new-privileges)
 
+make_keys() {  # API key file (all scopes) and a model signing key pair for the jobs, in $WORK
+  # Readable by the containers' random UID (they are throw-away keys of this run).
+  mkdir -p "$WORK/secrets/trusted"
+  API_KEY=$(PYTHONPATH=$ROOT "$PY" -m app keys --file "$WORK/secrets/api-keys.yaml" create \
+            --name image-check --scopes all)
+  PYTHONPATH=$ROOT "$PY" -m ml -q keygen --private "$WORK/secrets/signing.pem" \
+    --public "$WORK/secrets/trusted/image-check.pub" >/dev/null
+  chmod -R a+rX "$WORK/secrets"
+  export API_KEYS_HOST_FILE="$WORK/secrets/api-keys.yaml" MODEL_KEYS_HOST_DIR="$WORK/secrets"
+  # The api with its key file mounted from the host, as OpenShift mounts the Secret.
+  API_AUTH=(--volume "$WORK/secrets/api-keys.yaml:/etc/credit-risk/api-keys.yaml:ro"
+            --env API_KEYS_FILE=/etc/credit-risk/api-keys.yaml)
+  # The jobs sign what they train with the run's key; they trust it and the build's.
+  JOB_KEYS=(--volume "$WORK/secrets:/etc/credit-risk/model-keys:ro"
+            --env MODEL_SIGNING_KEY_FILE=/etc/credit-risk/model-keys/signing.pem
+            --env MODEL_TRUSTED_KEYS=/etc/credit-risk/model-keys/trusted:/opt/app-root/src/keys/trusted)
+}
+
+authed_curl() {  # curl with the run's API key
+  curl -H "Authorization: Bearer $API_KEY" "$@"
+}
+
 smoke_predict() {  # BASE_URL: POST the model card's example to /predict, print the answer.
-  # The one request the checks make to /predict: credentials go here once access control
-  # lands.
+  # The one request the checks make to /predict, authenticated with the run's API key.
   local url=$1 example
-  example=$(curl -fsS "$url/model" | "$PY" -c \
+  example=$(authed_curl -fsS "$url/model" | "$PY" -c \
     'import json, sys; print(json.dumps(json.load(sys.stdin)["example"]))')
-  curl -fsS -H 'Content-Type: application/json' --data "$example" "$url/predict"
+  authed_curl -fsS -H 'Content-Type: application/json' --data "$example" "$url/predict"
 }
 
 wait_ready() {  # BASE_URL SECONDS
@@ -177,7 +198,7 @@ build_images() {
 
 check_api() {
   step "api as OpenShift runs it (UID $OPENSHIFT_UID:0, read-only, no capabilities)"
-  docker_ run --detach --name api "${OPENSHIFT_RUN[@]}" --publish 127.0.0.1::8080 \
+  docker_ run --detach --name api "${OPENSHIFT_RUN[@]}" "${API_AUTH[@]}" --publish 127.0.0.1::8080 \
     --health-interval 2s --health-start-period 60s "credit-risk-api:$TAG" >/dev/null
   local port url
   port=$(host_port api 8080)
@@ -189,7 +210,10 @@ check_api() {
   [ "$(docker_ exec api id -u)" = "$OPENSHIFT_UID" ] || fail "api does not run as the random UID"
   # The drift report is computed in the API too: it must work with serving's libraries.
   local monitoring
-  monitoring=$(curl -sS -o /dev/null -w '%{http_code}' "$url/monitoring")
+  monitoring=$(authed_curl -sS -o /dev/null -w '%{http_code}' "$url/monitoring")
+  # Anonymous clients get nothing but the probes.
+  [ "$(curl -sS -o /dev/null -w '%{http_code}' "$url/model")" = 401 ] ||
+    fail "GET /model without a credential did not answer 401"
   [ "$monitoring" = 200 ] || fail "GET /monitoring answered $monitoring in the api image"
   local deadline=$((SECONDS + 60)) health
   until health=$(docker_ inspect -f '{{.State.Health.Status}}' api) && [ "$health" = healthy ]; do
@@ -207,13 +231,13 @@ check_api() {
 
 check_jobs() {
   step "trainer image as OpenShift runs it: a quick training into /tmp"
-  docker_ run --rm "${OPENSHIFT_RUN[@]}" "credit-risk-api-trainer:$TAG" \
+  docker_ run --rm "${OPENSHIFT_RUN[@]}" "${JOB_KEYS[@]}" "credit-risk-api-trainer:$TAG" \
     python -m ml -q train --out /tmp/models $QUICK_TRAIN
   local name command
   for name in monitor retrain; do
     mapfile -t command < <(cronjob_command "$name")
     step "CronJob $name: ${command[*]}"
-    docker_ run --rm "${OPENSHIFT_RUN[@]}" --env DATABASE_URL="$1" --network "$2" \
+    docker_ run --rm "${OPENSHIFT_RUN[@]}" "${JOB_KEYS[@]}" --env DATABASE_URL="$1" --network "$2" \
       "credit-risk-api-trainer:$TAG" "${command[@]}" > "$WORK/job-$name.log" 2>&1 || {
       tail -n 30 "$WORK/job-$name.log" >&2; fail "the $name job failed"; }
     tail -n 5 "$WORK/job-$name.log"
@@ -287,6 +311,7 @@ report_sizes() {
 }
 
 start_engine
+make_keys
 build_images
 check_api
 check_compose
