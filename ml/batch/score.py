@@ -3,7 +3,8 @@
 ``python -m ml score --model DIR in.csv out.csv`` streams the input in chunks, scores
 each valid row with the same :class:`ml.serving.predictor.Predictor` the API uses, and writes
 each input line unchanged followed by ``probability_of_default`` (12 decimals),
-``decision``, ``risk_grade`` and ``reason_1`` … ``reason_4`` (feature names, empty when
+``score`` (points, 2 decimals, zero-padded: :func:`_score_digits`), ``decision``,
+``risk_grade`` and ``reason_1`` … ``reason_4`` (feature names, empty when
 there are fewer reasons or with ``--no-reasons``). Rows that cannot be scored (unknown
 category, not a number, out of range, missing where the spec forbids it, wrong number
 of fields) go to ``<out>.errors.csv`` with their row and line numbers and the problem,
@@ -306,6 +307,7 @@ class _Chunker:
         frame = pd.DataFrame(self.predictor.output_columns(scores))
         digits = _pd_digits(scores.probability)
         frame["probability_of_default"] = [bytes(d[1:]).decode() for d in digits]
+        frame["score"] = [bytes(d[1:]).decode() for d in _score_digits(scores.score)]
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         for g, tail in zip(good_rows, frame.itertuples(index=False)):
@@ -380,7 +382,24 @@ class _Chunker:
     def _suffixes(self, scores: Scores) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
         """Per row: the PD bytes (",0.123…"), the tail index, and the tail table."""
         tail, table = self.tails.lookup(scores)
-        return _pd_digits(scores.probability), tail, table
+        return np.hstack([_pd_digits(scores.probability), _score_digits(scores.score)]), \
+            tail, table
+
+
+def _score_digits(score: np.ndarray) -> np.ndarray:
+    """``",0612.34"`` for each score: 2 decimals, zero-padded to 7 characters (a fixed
+    width, as the splice of the PD bytes needs; every CSV reader reads it as 612.34),
+    clipped to [-999.99, 9999.99], far beyond any score of a PD the model can give."""
+    cents = np.rint(np.clip(score, -999.99, 9999.99) * 100).astype(np.int64)
+    digits = np.empty((len(cents), 8), dtype=np.uint8)
+    digits[:, 0] = _COMMA
+    digits[:, 5] = ord(".")
+    rest = np.abs(cents)
+    for k in (7, 6, 4, 3, 2, 1):
+        rest, d = np.divmod(rest, 10)
+        digits[:, k] = 48 + d
+    digits[cents < 0, 1] = ord("-")
+    return digits
 
 
 def _pd_digits(p: np.ndarray) -> np.ndarray:

@@ -78,14 +78,14 @@ class Binning:
 
     Output rows have ``n_out + 1`` columns like :class:`ml.serving.compiled.Encoder`'s:
     one per feature in :attr:`features` order, and a last, spare column of zeros.
-    ``table[j]`` holds categorical feature ``j``'s points by raw value + 2 (0: missing,
-    1: unknown, then the vocabulary).
+    ``table[j]`` (``code_points``) holds categorical feature ``j``'s points by raw value
+    + 2 (0: missing, 1: unknown, then the vocabulary).
     """
 
     def __init__(self, numeric: Sequence[str], categorical: Sequence[str],
                  vocabulary: Mapping[str, Sequence[str]], splits: np.ndarray,
                  split_starts: np.ndarray, bin_points: np.ndarray, missing: np.ndarray,
-                 table: np.ndarray):
+                 code_points: np.ndarray):
         self.numeric = tuple(numeric)
         self.categorical = tuple(categorical)
         self.features = self.numeric + self.categorical
@@ -95,7 +95,7 @@ class Binning:
         self.split_starts = np.asarray(split_starts, dtype=np.intp)
         self.bin_points = np.asarray(bin_points, dtype=np.float64)
         self.missing = np.asarray(missing, dtype=np.float64)
-        self.table = np.asarray(table, dtype=np.float64).reshape(len(self.categorical), -1)
+        self.table = np.asarray(code_points, dtype=np.float64).reshape(len(self.categorical), -1)
         if (len(self.split_starts) != len(self.numeric) + 1 or len(self.missing) != self.n_out
                 or len(self.bin_points) != len(self.splits) + len(self.numeric)):
             raise ValueError("scorecard arrays differ in length")
@@ -126,7 +126,8 @@ class Binning:
         return {"numeric": list(self.numeric), "categorical": list(self.categorical),
                 "vocabulary": {k: list(v) for k, v in self.vocabulary.items()},
                 "splits": self.splits, "split_starts": self.split_starts,
-                "bin_points": self.bin_points, "missing": self.missing, "table": self.table}
+                "bin_points": self.bin_points, "missing": self.missing,
+                "code_points": self.table}
 
     def same_as(self, other: Any) -> bool:
         """Whether ``other`` is a binning that gives every input the same points."""

@@ -158,6 +158,8 @@ class DatasetSpec:
     protected: tuple[Feature, ...] = ()
     cost: CostMatrix = field(default_factory=lambda: CostMatrix(5.0, 1.0))
     scaling: Scaling = field(default_factory=Scaling)
+    # A model family the bank must use whatever the search says (e.g. "scorecard").
+    family: str = ""
     description: str = ""
     source: str = ""
     min_class_rows: int = 20
@@ -194,6 +196,7 @@ class DatasetSpec:
             "cost": vars(self.cost).copy(),
             "scaling": vars(self.scaling).copy(),
             "min_class_rows": self.min_class_rows,
+            **({"family": self.family} if self.family else {}),
             "features": [_feature_to_dict(f) for f in self.features],
             "protected": [_feature_to_dict(f) for f in self.protected],
         }
@@ -218,6 +221,7 @@ class DatasetSpec:
             protected=protected,
             cost=cost,
             scaling=scaling,
+            family=str(raw.get("family") or ""),
             description=str(raw.get("description") or ""),
             source=str(raw.get("source") or ""),
             min_class_rows=int(raw.get("min_class_rows", 20)),
