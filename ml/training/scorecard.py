@@ -11,10 +11,11 @@ Two choices keep the points explainable:
 
 * Missing values get a bin of their own, with its empirical WoE (``metric_missing``),
   so a missing value weighs what missing values weighed in the data.
-* :class:`SignedLogisticRegression`: a characteristic whose coefficient comes out with
-  the sign opposite to its own WoE (collinearity) is dropped and the rest refitted, so
-  every characteristic's points rise with its good:bad odds, and a stated direction
-  holds in the final score too.
+* A sign-constrained logistic regression
+  (:class:`ml.training.scorecard_model.SignedLogisticRegression`): a characteristic
+  whose coefficient comes out with the sign opposite to its own WoE (collinearity) is
+  dropped and the rest refitted, so every characteristic's points rise with its
+  good:bad odds, and a stated direction holds in the final score too.
 
 :func:`compile_scorecard` turns the fitted object into the serving side's
 :class:`ml.serving.scorecard.Binning` (bin edges, category groups, missing bins,
@@ -25,7 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from ml.serving.compiled import Member
 from ml.serving.scorecard import Binning, Characteristic, Points
@@ -41,34 +41,11 @@ PARAM_GRID: dict[str, list[Any]] = {"estimator__C": [0.1, 1.0]}
 TRENDS = {1: "ascending", -1: "descending", 0: "auto_asc_desc"}
 
 
-class SignedLogisticRegression(LogisticRegression):
-    """A logistic regression on WoE columns whose coefficients are all at most zero.
-
-    optbinning's WoE is ln(share of goods / share of bads): a higher WoE is safer, so a
-    coefficient above zero would turn a characteristic's evidence around. Such columns
-    are zeroed and the model refitted until none is left; a zeroed column's coefficient
-    stays exactly 0 (its gradient is 0 from the zero start), which keeps the shapes that
-    ``Scorecard`` reads.
-    """
-
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "SignedLogisticRegression":
-        """Fit, then drop wrong-signed columns and refit until every coefficient is <= 0."""
-        frame = hasattr(X, "iloc")  # keep a frame's column names for sklearn's checks
-        X = X.astype(np.float64, copy=True) if frame else np.array(X, dtype=np.float64)
-        while True:
-            super().fit(X, y, sample_weight=sample_weight)
-            wrong = np.flatnonzero(self.coef_[0] > 0)
-            if not len(wrong):
-                return self
-            if frame:
-                X.iloc[:, wrong] = 0.0
-            else:
-                X[:, wrong] = 0.0
-
-
 def build_scorecard(spec: DatasetSpec, seed: int, params: dict[str, Any] | None = None) -> Any:
     """The unfitted scorecard of the spec's model features, with ``step__param`` overrides."""
-    from optbinning import BinningProcess, Scorecard  # seconds to import: only when used
+    from optbinning import BinningProcess  # seconds to import: only when used
+
+    from ml.training.scorecard_model import QuietScorecard, SignedLogisticRegression
 
     names = spec.feature_names
     binning = BinningProcess(
@@ -79,12 +56,12 @@ def build_scorecard(spec: DatasetSpec, seed: int, params: dict[str, Any] | None 
         binning_transform_params={name: {"metric_missing": "empirical"} for name in names},
         n_jobs=1)
     s = spec.scaling
-    model = Scorecard(binning_process=binning,
-                      estimator=SignedLogisticRegression(solver="newton-cholesky", max_iter=200,
-                                                                random_state=seed),
-                      scaling_method="pdo_odds",
-                      scaling_method_params={"pdo": s.pdo, "odds": s.base_odds,
-                                             "scorecard_points": s.base_points})
+    model = QuietScorecard(binning_process=binning,
+                           estimator=SignedLogisticRegression(
+                               solver="newton-cholesky", max_iter=200, random_state=seed),
+                           scaling_method="pdo_odds",
+                           scaling_method_params={"pdo": s.pdo, "odds": s.base_odds,
+                                                  "scorecard_points": s.base_points})
     if params:
         model.set_params(**params)
     return model
@@ -92,7 +69,8 @@ def build_scorecard(spec: DatasetSpec, seed: int, params: dict[str, Any] | None 
 
 def is_scorecard(model: Any) -> bool:
     """Whether ``model`` is an optbinning ``Scorecard`` (without importing optbinning)."""
-    return type(model).__name__ == "Scorecard" and type(model).__module__.startswith("optbinning")
+    return any(c.__name__ == "Scorecard" and c.__module__.startswith("optbinning")
+               for c in type(model).__mro__)
 
 
 def compile_scorecard(model: Any, spec: DatasetSpec) -> Member:
