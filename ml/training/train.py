@@ -28,7 +28,7 @@ from ml.monitoring import drift
 
 from ml.serving import signing
 from ml.serving.artifact import library_versions, read_card
-from ml.training import evaluate, tune
+from ml.training import evaluate, scorecard_report, tune
 from ml.training.publish import git_commit, new_version, provenance, save_artifact
 from ml.training.data import Dataset, load_dataset, split
 from ml.training.pipeline import BLEND, FAMILIES
@@ -153,6 +153,7 @@ def _train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
     card = build_card(spec, data, model, options, best, calibration, threshold["threshold"],
                       report, X_fit, oof, parts.X_test, p_test)
     card["provenance"] = provenance(key, data.sha256, card["git_commit"])
+    card["scorecard"] = scorecard_report.card_section(model, spec, parts.y_test, p_test)
 
     def extras(directory: Path) -> None:  # written before signing: the manifest lists them
         if options.plots:
