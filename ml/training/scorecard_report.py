@@ -61,10 +61,11 @@ def points_table(model: Any) -> dict[str, Any]:
     rows = [{"characteristic": str(r["Variable"]), "bin": str(r["Bin"]),
              **{c: float(r[c]) for c in TABLE_COLUMNS[1:]}}
             for _, r in table.iterrows()]
-    summary = model.binning_process_.summary()
-    selected = set(model.binning_process_.get_support(names=True))
-    iv = {str(r["name"]): {"iv": float(r["iv"]), "selected": str(r["name"]) in selected}
-          for _, r in summary.iterrows()}
+    process = model.binning_process_
+    selected = set(process.get_support(names=True))
+    # Each binned variable's table was built by the fit (the process reads IV from it).
+    iv = {name: {"iv": float(process.get_binned_variable(name).binning_table.iv),
+                 "selected": name in selected} for name in process.variable_names}
     return {"table": rows, "information_value": iv}
 
 
