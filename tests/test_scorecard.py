@@ -15,6 +15,7 @@ import yaml
 
 from ml.__main__ import main
 from ml.serving import modelfile
+from ml.serving.artifact import Artifact, library_versions
 from ml.serving.predictor import OUTPUT_COLUMNS, Predictor
 from ml.serving.scorecard import Binning
 from ml.spec.config import DEFAULT_DATA, PROJECT_ROOT
@@ -301,3 +302,37 @@ def test_a_new_credit_csv_with_missing_values_trains_a_scorecard_from_a_drafted_
     assert pds == sorted(pds) and pds[-1] > pds[0]
     assert all(math.isfinite(a["score"]) for a in sweep)
     assert json.loads(json.dumps(sweep))  # plain JSON values
+
+
+def _in_memory_predictor(model, spec, X) -> Predictor:
+    """A predictor of a fitted scorecard without writing an artifact."""
+    example = record_from_row(X.iloc[0], spec)
+    card = {"name": spec.name, "version": "test", "threshold": 0.3,
+            "grades": [{"grade": g, "max_pd": b, "label": g}
+                       for g, b in zip("ABCDEF", (0.05, 0.10, 0.20, 0.35, 0.50, 1.0))],
+            "libraries": library_versions(), "reference": {"baseline": example},
+            "example": example, "self_test": {"record": example, "probability_of_default":
+                                              float(model.predict_proba(X.iloc[[0]])[0, 1])}}
+    return Predictor(Artifact(card=card, spec=spec, path=Path("."),
+                              fast=compile_model(model, spec)))
+
+
+@pytest.mark.parametrize("variant", ["full", "blanked"])
+def test_a_request_gets_the_bits_of_the_batch_with_and_without_reasons(fitted, variant):
+    model, X, spec = fitted[variant]
+    predictor = _in_memory_predictor(model, spec, X)
+    predictor.self_test()
+    records = [record_from_row(row, spec) for _, row in X.iloc[:120].iterrows()]
+    batch = predictor.score_raw(raw_from_frame(predictor.fast, X.iloc[:120]))
+    one_by_one = [predictor.predict([r], reasons=False)[0] for r in records]
+    with_reasons = predictor.predict(records)
+    assert [a["probability_of_default"] for a in one_by_one] == batch.probability.tolist()
+    assert [a["probability_of_default"] for a in with_reasons] == batch.probability.tolist()
+    assert [a["risk_grade"] for a in one_by_one] == [a["risk_grade"] for a in with_reasons]
+    assert [a["decision"] for a in one_by_one] == [a["decision"] for a in with_reasons]
+    assert np.allclose([a["score"] for a in one_by_one], batch.score, rtol=0, atol=1e-9)
+    assert np.allclose(batch.score, model.score(X.iloc[:120]), rtol=0, atol=TOLERANCE)
+    for answer, reasons in zip(with_reasons, batch.reasons.tolist()):
+        assert [r["feature"] for r in answer["reasons"]] == [
+            predictor.features[j] for j in reasons if j >= 0]
+        assert sum(answer["points"].values()) == pytest.approx(answer["score"], abs=1e-9)

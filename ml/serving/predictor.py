@@ -38,6 +38,7 @@ Each applicant gets:
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,7 @@ class Predictor:
         baseline = _card_record(self.card, ("reference", "baseline"), self.spec)
         self._baseline = self.fast.baseline(baseline)
         self.scaling = self.spec.scaling
+        self._bound_list, self._letter_list = self._bounds.tolist(), self._letters.tolist()
         # A scorecard (one member binning to points) answers with points and their reasons.
         member = self.fast.members[0]
         self.scorecard = member if (len(self.fast.members) == 1
@@ -168,14 +170,26 @@ class Predictor:
                     scores.probability.tolist(), scores.score.tolist(),
                     scores.decline.tolist(), self._letters[scores.grade].tolist())]
 
+    def _answer(self, pd_value: float) -> dict[str, Any]:
+        """:meth:`_answers` of one PD in plain Python (same decision and grade)."""
+        grade = min(bisect.bisect_right(self._bound_list, pd_value), len(self._bound_list) - 1)
+        return {"probability_of_default": pd_value, "score": self.scaling.score_one(pd_value),
+                "decision": DECISIONS[pd_value >= self.threshold],
+                "risk_grade": self._letter_list[grade]}
+
     def _predict_scorecard(self, records: Sequence[dict[str, Any]],
                            reasons: bool) -> list[dict[str, Any]]:
         """:meth:`predict` of a scorecard: points per characteristic, reasons by points lost."""
-        points = self.scorecard.encoder.encode_records(records)
-        scores = self._points_scores(points, reasons)
-        out = self._answers(scores)
-        for result, row in zip(out, points[:, :-1].tolist()):
-            result["points"] = dict(zip(self.features, row))
+        rows = self.scorecard.encoder.points_rows(records)
+        if reasons:
+            scores = self._points_scores(np.array(rows), reasons)
+            out = self._answers(scores)
+        else:  # the common single request: numpy only for the PD's exp, the rest in Python
+            total = np.array([sum(row) for row in rows]) + self.scorecard.estimator.intercept
+            out = [self._answer(p) for p in self.scorecard.estimator.proba_of(total).tolist()]
+        features = self.features
+        for result, row in zip(out, rows):
+            result["points"] = dict(zip(features, row))  # zip stops before the spare
         if reasons:
             for result, record, chosen, lost in zip(out, records, scores.reasons.tolist(),
                                                     scores.impacts.tolist()):

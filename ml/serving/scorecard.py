@@ -157,6 +157,11 @@ class Binning:
 
     def encode_records(self, records: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """:meth:`encode` for records, in plain Python (the few rows of a request)."""
+        rows = self.points_rows(records)
+        return np.array(rows, dtype=np.float64).reshape(len(rows), self.n_out + 1)
+
+    def points_rows(self, records: Iterable[Mapping[str, Any]]) -> list[list[float]]:
+        """:meth:`encode_records` as Python lists (the single-request path skips numpy)."""
         numeric, categorical = self._plan
         rows = []
         for rec in records:
@@ -172,7 +177,7 @@ class Binning:
                             else neutral))
             row.append(0.0)
             rows.append(row)
-        return np.array(rows, dtype=np.float64).reshape(len(rows), self.n_out + 1)
+        return rows
 
     def _record_plan(self) -> tuple[list[tuple], list[tuple]]:
         numeric = [(name, self._bins[j][0].tolist(), self._bins[j][1].tolist(),
@@ -205,14 +210,30 @@ class Points:
         return {"intercept": self.intercept, "factor": self.factor, "offset": self.offset}
 
     def score(self, z: np.ndarray) -> np.ndarray:
-        """Total points of encoded rows (the spare column is 0)."""
-        return z.sum(axis=1) + self.intercept
+        """Total points of encoded rows (the spare column is 0).
+
+        Added column by column, left to right, as Python's ``sum`` adds a row's list: a
+        request's applicant gets the same bits as in a batch (``z.sum(axis=1)`` adds in
+        pairs).
+        """
+        total = np.zeros(len(z))
+        for j in range(z.shape[1]):
+            total += z[:, j]
+        return total + self.intercept
 
     def decision(self, z: np.ndarray) -> np.ndarray:
         """The logistic regression's log-odds of default."""
-        return (self.offset - self.score(z)) / self.factor
+        return self.decision_of(self.score(z))
+
+    def decision_of(self, score: np.ndarray) -> np.ndarray:
+        """The log-odds of default of total scores."""
+        return (self.offset - score) / self.factor
 
     def proba(self, z: np.ndarray) -> np.ndarray:
         """P(default) of encoded rows."""
+        return self.proba_of(self.score(z))
+
+    def proba_of(self, score: np.ndarray) -> np.ndarray:
+        """P(default) of total scores."""
         with np.errstate(over="ignore"):
-            return 1.0 / (1.0 + np.exp(-self.decision(z)))
+            return 1.0 / (1.0 + np.exp(-self.decision_of(score)))
