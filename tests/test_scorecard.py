@@ -221,7 +221,7 @@ def test_german_scorecard_meets_its_targets(german_scorecard):
     assert protected and not protected & set(card["scorecard"]["information_value"])
     markdown = "\n\n".join(scorecard_report.markdown(card))
     for heading in ("Score bands", "Score distribution by class", "Information value",
-                    "### Scorecard", "points lost"):
+                    "### Scorecard", "lost the most points"):
         assert heading in markdown
 
 
