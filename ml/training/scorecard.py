@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ml.serving.compiled import Member
+from ml.serving.errors import UnsupportedModelError
 from ml.serving.scorecard import Binning, Characteristic, Points
 from ml.spec.schema import CATEGORICAL, DatasetSpec
 
@@ -129,5 +130,4 @@ def _unknown_woe(optb: Any) -> float:
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        from ml.serving.errors import UnsupportedModelError
         raise UnsupportedModelError("cannot compile the scorecard: " + message)
