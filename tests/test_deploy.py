@@ -738,6 +738,9 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy2(ROOT / "gunicorn.conf.py", src)
         shutil.copytree(model_dir, src / "models")
+        # The trusted public key, mounted from a ConfigMap in the cluster (docs/deploy.md,
+        # "Signing"): here the session's test key that signed the artifact.
+        shutil.copytree(os.environ["MODEL_TRUSTED_KEYS"], src / "trusted-keys")
         for path in [sandbox, sandbox / "app-root", *src.rglob("*"), src]:
             os.chown(path, 1001, 0, follow_symlinks=False)
             mode = path.stat().st_mode
@@ -759,6 +762,7 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
         env.update({k: in_image(v) for k, v in api_env().items()})
         env.update({k: in_image(v) for k, v in config.items()})
         env["PORT"] = str(port)
+        env.setdefault("MODEL_TRUSTED_KEYS", str(src / "trusted-keys"))
         command = api_command()
         assert command[0] == "gunicorn" and (BIN / "gunicorn").is_file()
 
