@@ -142,8 +142,9 @@ class Predictor:
                 reasons: bool = True) -> list[dict[str, Any]]:
         """Score validated records (see :func:`ml.spec.schema.validate_record`).
 
-        Returns one dict per record: ``probability_of_default`` (float), ``decision``
-        (``"approve"``/``"decline"``), ``risk_grade`` and, unless ``reasons`` is false,
+        Returns one dict per record: ``probability_of_default`` (float), ``score``
+        (points), ``decision`` (``"approve"``/``"decline"``), ``risk_grade``, for a
+        scorecard ``points`` (by characteristic) and, unless ``reasons`` is false,
         ``reasons``: a list of ``{"feature", "label", "value", "impact", "text"}``.
         """
         if not records:
