@@ -104,7 +104,8 @@ def result_schemas(card: dict[str, Any], max_reasons: int) -> dict[str, Any]:
                 "value": {"type": "string", "description": "The applicant's value, for "
                           "people: the category's label, or the number with its unit."},
                 "impact": {"type": "number", "description": "Contribution to the risk "
-                           "score; positive raises the PD."},
+                           "score; positive raises the PD. For a scorecard: the points "
+                           "lost against the characteristic's best attribute."},
                 "text": {"type": "string"},
             },
             "required": ["feature", "label", "value", "impact", "text"],
@@ -117,13 +118,20 @@ def result_schemas(card: dict[str, Any], max_reasons: int) -> dict[str, Any]:
                 "decision": {"type": "string", "enum": ["approve", "decline"],
                              "description": f"`decline` when the PD is at or above the "
                                             f"cost-optimal threshold {threshold:.4f}."},
+                "score": {"type": "number", "description": "The PD in points, higher is "
+                          "safer: base points at the base good:bad odds, and every PDO "
+                          "more points double the odds (the spec's `scaling`; by default "
+                          "600 at 50:1, 20 PDO)."},
+                "points": {"type": "object", "additionalProperties": {"type": "number"},
+                           "description": "Scorecards only: each characteristic's points "
+                                          "(they add up to the score)."},
                 "risk_grade": grade_schema,
                 "reasons": {"type": "array", "maxItems": max_reasons,
                             "items": {"$ref": REF + "Reason"},
                             "description": "Up to {} reason codes; omitted or empty with "
                                            "`?reasons=false`.".format(max_reasons)},
             },
-            "required": ["probability_of_default", "decision", "risk_grade"],
+            "required": ["probability_of_default", "score", "decision", "risk_grade"],
         },
     }
 

@@ -108,6 +108,7 @@ def describe_result(predictor: Any, result: dict[str, Any]) -> dict[str, Any]:
     grade = next((g for g in predictor.grades if g["grade"] == result["risk_grade"]), {})
     return {
         "pd_percent": f"{100 * result['probability_of_default']:.1f} %",
+        "score": f"{result['score']:.0f}",
         "decision": result["decision"],
         "decision_text": DECISION_TEXT.get(result["decision"], result["decision"]),
         "grade": result["risk_grade"],

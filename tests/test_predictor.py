@@ -93,9 +93,11 @@ def predictor(predictors):
 def test_answers_probability_decision_grade_and_reasons(predictor, data, spec):
     record = record_from_row(data[0].iloc[1], spec)
     (result,) = predictor.predict([record])
-    assert set(result) == {"probability_of_default", "decision", "risk_grade", "reasons"}
+    assert set(result) == {"probability_of_default", "score", "decision", "risk_grade",
+                           "reasons"}
     assert isinstance(result["probability_of_default"], float)
     assert 0.0 <= result["probability_of_default"] <= 1.0
+    assert result["score"] == spec.scaling.score_one(result["probability_of_default"])
     json.dumps(result)  # plain Python types only
 
 

@@ -90,7 +90,11 @@ def test_writes_each_input_row_then_its_scores(predictor, spec, raw, tmp_path):
     expected = expected_scores(predictor, spec, raw)
     assert np.max(np.abs(out["probability_of_default"].astype(float).to_numpy()
                          - expected["probability_of_default"].to_numpy())) <= 1e-12
-    for column in OUTPUT_COLUMNS[1:]:
+    # The score is written with 2 decimals, zero-padded to a fixed width.
+    assert out["score"].str.fullmatch(r"-?\d{3,4}\.\d\d").all()
+    assert np.max(np.abs(out["score"].astype(float).to_numpy()
+                         - expected["score"].to_numpy())) <= 0.005 + 1e-9
+    for column in OUTPUT_COLUMNS[2:]:
         assert out[column].tolist() == expected[column].tolist()
     assert not (tmp_path / "out.csv.errors.csv").exists()
 
@@ -209,6 +213,8 @@ def test_an_awkward_csv_scores_the_same(predictor, spec, raw, tmp_path, blank_li
     expected = expected_scores(predictor, spec, rows)
     assert np.max(np.abs(out["probability_of_default"].astype(float).to_numpy()
                          - expected["probability_of_default"].to_numpy())) <= 1e-12
+    assert np.max(np.abs(out["score"].astype(float).to_numpy()
+                         - expected["score"].to_numpy())) <= 0.005 + 1e-9
 
 
 def test_a_ragged_row_is_reported_with_its_line(predictor, raw, tmp_path):

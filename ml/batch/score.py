@@ -5,8 +5,8 @@
 batch's feature columns into the model's raw matrix with the training's cell rules
 (:mod:`ml.batch.columns`), scores the valid records with the same compiled model the API
 serves (``Predictor.load``: no sklearn, no unpickling of the training pickle), and writes
-every input column followed by ``probability_of_default``, ``decision``, ``risk_grade``
-and ``reason_1`` … ``reason_4`` (feature names, empty when there are fewer reasons or
+every input column followed by ``probability_of_default``, ``score``, ``decision``,
+``risk_grade`` and ``reason_1`` … ``reason_4`` (feature names, empty when there are fewer reasons or
 with ``--no-reasons``). Records that cannot be scored (unknown category, not a number,
 out of range, missing where the spec forbids it, wrong number of fields, not UTF-8) go
 to ``<out>.errors.csv`` with their row and line numbers and the problem, and scoring
@@ -187,7 +187,8 @@ class _Scorer:
         """The input's columns, then the score columns."""
         labels = pa.dictionary(pa.int32(), pa.string())
         return pa.schema([*schema, pa.field("probability_of_default", pa.float64()),
-                          *(pa.field(name, labels) for name in OUTPUT_COLUMNS[1:])])
+                          pa.field("score", pa.float64()),
+                          *(pa.field(name, labels) for name in OUTPUT_COLUMNS[2:])])
 
     def score(self, batch: Batch) -> tuple[pa.RecordBatch, list[tuple[int, str, Any]]]:
         """The scored records of a batch, and every record rejected with its problem."""
@@ -222,6 +223,7 @@ class _Scorer:
         """The records followed by their score columns (labels dictionary-encoded)."""
         none = len(self.reason_names) - 1
         columns = [from_numpy(scores.probability.astype(np.float64, copy=False)),
+                   from_numpy(scores.score.astype(np.float64, copy=False)),
                    _labels(scores.decline.astype(np.int32), self.decisions),
                    _labels(scores.grade.astype(np.int32), self.grades)]
         for k in range(len(REASON_COLUMNS)):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ml.serving.errors import UnsupportedModelError
+from ml.serving.scorecard import Binning, Points
 from ml.serving.trees import TreeBank
 
 UNKNOWN = -1.0
@@ -226,7 +227,8 @@ class Isotonic:
         return np.interp(np.clip(t, self.lo, self.hi), self.x, self.y)
 
 
-ESTIMATORS = {"linear": Linear, "forest": Forest, "boosting": Boosting}
+ESTIMATORS = {"linear": Linear, "forest": Forest, "boosting": Boosting, "points": Points}
+ENCODERS = {"onehot": Encoder, "binning": Binning}
 CALIBRATORS = {"sigmoid": Sigmoid, "isotonic": Isotonic}
 
 

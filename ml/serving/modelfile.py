@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.serving.compiled import (CALIBRATORS, ESTIMATORS, Encoder, FastModel, Member)
+from ml.serving.compiled import (CALIBRATORS, ENCODERS, ESTIMATORS, FastModel, Member)
 from ml.serving.errors import ArtifactError
 from ml.serving.trees import NODE_ARRAYS, TreeBank
 
@@ -21,7 +21,8 @@ FORMAT = 3
 """Layout of the model files: bump it whenever a change here would misread older files
 (2 was the pickled ``FastModel`` of ``fast_model.pkl``)."""
 
-INTEGER_ARRAYS = frozenset({"feature", "left", "right", "starts", "num_out", "table"})
+INTEGER_ARRAYS = frozenset({"feature", "left", "right", "starts", "num_out", "table",
+                            "split_starts"})
 
 
 class ModelFileError(ArtifactError):
@@ -31,7 +32,7 @@ class ModelFileError(ArtifactError):
 def dump(fast: FastModel) -> tuple[bytes, bytes]:
     """The model as ``(structure JSON bytes, npz bytes)``."""
     arrays: dict[str, np.ndarray] = {}
-    encoders: list[Encoder] = []
+    encoders: list[Any] = []
     members = []
     for m in fast.members:
         same = [i for i, e in enumerate(encoders) if e.same_as(m.encoder)]
@@ -47,7 +48,7 @@ def dump(fast: FastModel) -> tuple[bytes, bytes]:
                         "calibrator": None if m.calibrator is None
                         else _node(m.calibrator, f"m{len(members)}.cal", arrays)})
     structure = {"format": FORMAT, "kind": fast.kind, "features": list(fast.features),
-                 "encoders": [_node(e, f"e{i}", arrays, typed=False)
+                 "encoders": [_node(e, f"e{i}", arrays, registry=ENCODERS)
                               for i, e in enumerate(encoders)],
                  "members": members}
     buffer = io.BytesIO()
@@ -68,7 +69,9 @@ def load(structure_bytes: bytes, arrays_bytes: bytes) -> FastModel:
         raise ModelFileError(f"the compiled model has format {got!r}, this code reads "
                              f"{FORMAT}: retrain, or re-sign it with `python -m ml resign`")
     try:
-        encoders = [Encoder(**_kwargs(e, arrays)) for e in structure["encoders"]]
+        # Files without an encoder type (all before scorecards) hold one-hot encoders.
+        encoders = [ENCODERS[e.get("type", "onehot")](**_kwargs(e, arrays))
+                    for e in structure["encoders"]]
         members = [_member(m, encoders, arrays) for m in structure["members"]]
         fast = FastModel(members, str(structure["kind"]))
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -78,7 +81,7 @@ def load(structure_bytes: bytes, arrays_bytes: bytes) -> FastModel:
     return fast
 
 
-def _member(node: dict[str, Any], encoders: list[Encoder],
+def _member(node: dict[str, Any], encoders: list[Any],
             arrays: dict[str, np.ndarray]) -> Member:
     encoder = encoders[node["encoder"]]
     spec = node["estimator"]
@@ -102,13 +105,12 @@ def _member(node: dict[str, Any], encoders: list[Encoder],
 
 
 def _node(obj: Any, prefix: str, arrays: dict[str, np.ndarray],
-          typed: bool = True) -> dict[str, Any]:
+          registry: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{"type", "values", "arrays"}`` of one object's state; its arrays go to ``arrays``."""
     state = obj.state()
     node: dict[str, Any] = {}
-    if typed:
-        registry = {**ESTIMATORS, **CALIBRATORS}
-        node["type"] = next(name for name, cls in registry.items() if type(obj) is cls)
+    registry = registry or {**ESTIMATORS, **CALIBRATORS}
+    node["type"] = next(name for name, cls in registry.items() if type(obj) is cls)
     node["values"] = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
     node["arrays"] = _put({k: v for k, v in state.items() if isinstance(v, np.ndarray)},
                           prefix, arrays)

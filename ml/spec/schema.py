@@ -19,6 +19,10 @@ import yaml
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
+# A feature's stated effect on risk (``risk_increases_with``): the models must respect it.
+HIGHER = "higher"
+LOWER = "lower"
+DIRECTIONS = (HIGHER, LOWER)
 # Keys the API gives a meaning of its own: a body holding "instances" is a batch.
 RESERVED_NAMES = frozenset({"instances"})
 
@@ -55,6 +59,12 @@ class Feature:
     integer: bool = False
     nullable: bool = False
     unit: str = ""
+    risk_increases_with: str = ""
+
+    @property
+    def direction(self) -> int:
+        """+1 when risk rises with the value, -1 when it falls, 0 when the spec says nothing."""
+        return {HIGHER: 1, LOWER: -1}.get(self.risk_increases_with, 0)
 
     @property
     def source_column(self) -> str:
@@ -92,6 +102,44 @@ class CostMatrix:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """How a PD becomes a score in points, the scale credit officers read.
+
+    ``base_points`` points at good:bad odds of ``base_odds`` to 1, and every ``pdo``
+    more points double the odds (the usual "points to double the odds" scaling):
+    ``score = offset + factor * ln((1 - PD) / PD)`` with ``factor = pdo / ln 2`` and
+    ``offset = base_points - factor * ln(base_odds)``. A higher score is a safer applicant.
+    """
+
+    base_points: float = 600.0
+    base_odds: float = 50.0
+    pdo: float = 20.0
+
+    # PDs are clipped this far from 0 and 1: a forest's leaf may say exactly 0.
+    EPSILON = 1e-12
+
+    @property
+    def factor(self) -> float:
+        """Points per unit of log-odds."""
+        return self.pdo / math.log(2.0)
+
+    @property
+    def offset(self) -> float:
+        """The score at even odds (PD = 0.5)."""
+        return self.base_points - self.factor * math.log(self.base_odds)
+
+    def score(self, probability: np.ndarray) -> np.ndarray:
+        """Scores in points of PDs (strictly decreasing in the PD)."""
+        p = np.clip(np.asarray(probability, dtype=np.float64), self.EPSILON, 1 - self.EPSILON)
+        return self.offset + self.factor * (np.log1p(-p) - np.log(p))
+
+    def score_one(self, probability: float) -> float:
+        """:meth:`score` of one PD in plain Python (the single-request path)."""
+        p = min(max(float(probability), self.EPSILON), 1 - self.EPSILON)
+        return self.offset + self.factor * (math.log1p(-p) - math.log(p))
+
+
+@dataclass(frozen=True)
 class Target:
     """The label column and which of its two values is the positive (default) class."""
 
@@ -109,6 +157,9 @@ class DatasetSpec:
     features: tuple[Feature, ...]
     protected: tuple[Feature, ...] = ()
     cost: CostMatrix = field(default_factory=lambda: CostMatrix(5.0, 1.0))
+    scaling: Scaling = field(default_factory=Scaling)
+    # A model family the bank must use whatever the search says (e.g. "scorecard").
+    family: str = ""
     description: str = ""
     source: str = ""
     min_class_rows: int = 20
@@ -143,7 +194,9 @@ class DatasetSpec:
             "source": self.source,
             "target": _drop_empty(vars(self.target)),
             "cost": vars(self.cost).copy(),
+            "scaling": vars(self.scaling).copy(),
             "min_class_rows": self.min_class_rows,
+            **({"family": self.family} if self.family else {}),
             "features": [_feature_to_dict(f) for f in self.features],
             "protected": [_feature_to_dict(f) for f in self.protected],
         }
@@ -158,7 +211,8 @@ class DatasetSpec:
             features = tuple(_feature_from_dict(f) for f in raw["features"])
             protected = tuple(_feature_from_dict(f) for f in raw.get("protected") or ())
             cost = CostMatrix(**raw.get("cost") or {"approve_bad": 5.0, "decline_good": 1.0})
-        except (KeyError, TypeError) as exc:
+            scaling = Scaling(**{k: float(v) for k, v in (raw.get("scaling") or {}).items()})
+        except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"spec is missing or has a malformed entry: {exc}") from exc
         spec = cls(
             name=str(raw.get("name") or "model"),
@@ -166,6 +220,8 @@ class DatasetSpec:
             features=features,
             protected=protected,
             cost=cost,
+            scaling=scaling,
+            family=str(raw.get("family") or ""),
             description=str(raw.get("description") or ""),
             source=str(raw.get("source") or ""),
             min_class_rows=int(raw.get("min_class_rows", 20)),
@@ -201,6 +257,8 @@ def _feature_to_dict(f: Feature) -> dict[str, Any]:
         d.update(minimum=f.minimum, maximum=f.maximum, integer=f.integer)
         if f.unit:
             d["unit"] = f.unit
+        if f.risk_increases_with:
+            d["risk_increases_with"] = f.risk_increases_with
     else:
         d["categories"] = [vars(c).copy() for c in f.categories]
     d["nullable"] = f.nullable
@@ -228,6 +286,7 @@ def _feature_from_dict(raw: dict[str, Any]) -> Feature:
         integer=bool(raw.get("integer", False)),
         nullable=bool(raw.get("nullable", False)),
         unit=str(raw.get("unit") or ""),
+        risk_increases_with=str(raw.get("risk_increases_with") or ""),
     )
 
 
@@ -250,8 +309,15 @@ def _check_spec(spec: DatasetSpec) -> None:
             raise SpecError(f"feature {f.name!r}: category codes must be unique")
         if f.minimum is not None and f.maximum is not None and f.minimum > f.maximum:
             raise SpecError(f"feature {f.name!r}: minimum is above maximum")
+        if f.risk_increases_with and (f.kind != NUMERIC or f.risk_increases_with
+                                      not in DIRECTIONS):
+            raise SpecError(f"feature {f.name!r}: risk_increases_with must be one of "
+                            f"{DIRECTIONS}, on a numeric feature")
     if spec.cost.approve_bad <= 0 or spec.cost.decline_good <= 0:
         raise SpecError("both error costs must be positive")
+    s = spec.scaling
+    if not (s.pdo > 0 and s.base_odds > 0 and math.isfinite(s.base_points)):
+        raise SpecError("scaling needs pdo > 0, base_odds > 0 and finite base_points")
 
 
 # --------------------------------------------------------------------------- records

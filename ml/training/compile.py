@@ -19,6 +19,8 @@ What is compiled, and how sklearn 1.9 computes it (the compiled model replicates
   the classifiers are averaged.
 * ``VotingClassifier(voting="soft")`` without weights (the trainer's blend): the mean of
   its pipelines' P(default), summed in order as ``np.average`` does.
+* optbinning's ``Scorecard`` (the scorecard family): compiled by
+  :func:`ml.training.scorecard.compile_scorecard` into bins and points.
 
 Anything else raises :class:`UnsupportedModelError` at compile time rather than
 mispredicting; :func:`check_against` then compares with sklearn on real rows.
@@ -45,6 +47,8 @@ from ml.serving.compiled import (Boosting, Encoder, FastModel, Forest, Isotonic,
                                  Member, Sigmoid)
 from ml.serving.errors import UnsupportedModelError
 from ml.serving.trees import TreeBank
+from ml.spec.schema import DatasetSpec
+from ml.training.scorecard import FAMILY as SCORECARD, compile_scorecard, is_scorecard
 
 
 def _require(condition: bool, message: str) -> None:
@@ -322,14 +326,20 @@ def _member(pipeline: Any, calibrator: Any = None) -> Member:
 # --------------------------------------------------------------------------- the model
 
 
-def compile_model(model: Any) -> FastModel:
-    """Compile a fitted pipeline, a ``CalibratedClassifierCV`` of one, or a soft
-    ``VotingClassifier`` of pipelines into a :class:`FastModel`.
+def compile_model(model: Any, spec: DatasetSpec | None = None) -> FastModel:
+    """Compile a fitted pipeline, a ``CalibratedClassifierCV`` of one, a soft
+    ``VotingClassifier`` of pipelines, or a scorecard into a :class:`FastModel`.
+
+    ``spec`` is needed for a scorecard only: its codes that training never saw still
+    get points.
 
     Raises:
         UnsupportedModelError: for any model type or structure that this module does
             not replicate exactly (the message says what).
     """
+    if is_scorecard(model):
+        _require(spec is not None, "a scorecard compiles with its dataset spec")
+        return FastModel([compile_scorecard(model, spec)], SCORECARD)
     if isinstance(model, CalibratedClassifierCV):
         _require(list(np.asarray(model.classes_)) == [0, 1], "classes must be [0, 1]")
         members = []

@@ -5,6 +5,11 @@ one-hot for categories), so the pickled object is the whole model: no train/serv
 Only stock sklearn classes are used, so unpickling never needs this package's
 training code. Protected columns are never selected (``remainder="drop"``).
 
+The *scorecard* family (:data:`SCORECARD`, ml.training.scorecard) is optbinning's
+``Scorecard`` instead of a pipeline: it bins the spec's model features itself.
+Gradient boosting honours each numeric feature's ``risk_increases_with`` through
+``monotonic_cst``.
+
 A *blend* (:data:`BLEND`) is a soft-voting ``VotingClassifier`` of such pipelines, one
 per member family: still one stock sklearn object, and every member drops the
 protected columns on its own.
@@ -22,10 +27,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from ml.spec.schema import DatasetSpec
+from ml.training import scorecard
 
 MISSING_CATEGORY = "__missing__"
 
-FAMILIES = ("logistic_regression", "random_forest", "hist_gradient_boosting")
+SCORECARD = scorecard.FAMILY
+FAMILIES = ("logistic_regression", "random_forest", "hist_gradient_boosting", SCORECARD)
+# A scorecard never joins a blend: a mean of PDs has no points table to explain it.
+BLENDABLE = ("logistic_regression", "random_forest", "hist_gradient_boosting")
 # Not a family of its own: the mean P(default) of the best configurations of two or more
 # families. Its "params" map each member family to that family's ``step__param`` overrides.
 BLEND = "blend"
@@ -46,6 +55,7 @@ PARAM_GRIDS: dict[str, dict[str, list[Any]]] = {
         "model__max_leaf_nodes": [7, 15],
         "model__l2_regularization": [0.0, 1.0],
     },
+    SCORECARD: scorecard.PARAM_GRID,
 }
 
 
@@ -83,12 +93,29 @@ def build_estimator(family: str, seed: int) -> Any:
 
 
 def build_pipeline(spec: DatasetSpec, family: str, seed: int,
-                   params: dict[str, Any] | None = None) -> Pipeline:
-    """The full model: preprocessing then the estimator, with ``step__param`` overrides."""
-    pipe = Pipeline([("prep", build_preprocessor(spec)), ("model", build_estimator(family, seed))])
+                   params: dict[str, Any] | None = None) -> Any:
+    """The full model: preprocessing then the estimator, with ``step__param`` overrides
+    (for :data:`SCORECARD`, optbinning's ``Scorecard``)."""
+    if family == SCORECARD:
+        return scorecard.build_scorecard(spec, seed, params)
+    estimator = build_estimator(family, seed)
+    if family == "hist_gradient_boosting" and any(f.direction for f in spec.numeric):
+        estimator.set_params(monotonic_cst=monotonic_cst(spec))
+    pipe = Pipeline([("prep", build_preprocessor(spec)), ("model", estimator)])
     if params:
         pipe.set_params(**params)
     return pipe
+
+
+def monotonic_cst(spec: DatasetSpec) -> list[int]:
+    """Gradient boosting's constraint per preprocessed column: the spec's direction of each
+    numeric feature (+1: risk rises with it), then 0 for every one-hot column.
+
+    The scaler keeps the order of values, so a constraint on the scaled column is one on
+    the feature.
+    """
+    n_onehot = sum(len(f.codes) + 1 for f in spec.categorical)  # + the missing column
+    return [f.direction for f in spec.numeric] + [0] * n_onehot
 
 
 def build_blend(spec: DatasetSpec, seed: int, members: dict[str, dict[str, Any]]

@@ -120,7 +120,7 @@ def save_artifact(model: Any, card: dict[str, Any], root: str | Path, check_fram
         extras: writes more files (plots, evaluation) into the directory before signing.
     """
     key = key or signing.signing_key()
-    fast = compile_model(model)
+    fast = compile_model(model, DatasetSpec.from_dict(card["spec"]))
     if check_frame is not None:
         check_against(model, fast, check_frame)
     root = Path(root)

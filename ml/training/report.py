@@ -22,6 +22,7 @@ from typing import Any
 from ml.spec import config
 from ml.serving.artifact import read_card, resolve
 from ml.spec.schema import CATEGORICAL, DatasetSpec
+from ml.training import scorecard_report
 
 PLOTS = ("roc.png", "calibration.png", "confusion_matrix.png", "score_distribution.png")
 README_START = "<!-- model-card:start -->"
@@ -202,6 +203,7 @@ def render_card(card: dict[str, Any], evaluation: dict[str, Any] | None = None,
         "## Risk grades",
         _table(["Grade", "PD below", "Meaning"],
                [[g["grade"], _pct(g["max_pd"]), g["label"]] for g in card["grades"]]),
+        *scorecard_report.markdown(card),
         "## Fairness",
         f"On the test part ({test['rows']} applicants) at the decision threshold:",
         fairness_table(card["metrics"]["fairness"]),

@@ -28,7 +28,7 @@ from ml.monitoring import drift
 
 from ml.serving import signing
 from ml.serving.artifact import library_versions, read_card
-from ml.training import evaluate, tune
+from ml.training import evaluate, scorecard_report, tune
 from ml.training.publish import git_commit, new_version, provenance, save_artifact
 from ml.training.data import Dataset, load_dataset, split
 from ml.training.pipeline import BLEND, FAMILIES
@@ -107,8 +107,8 @@ def _train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
     X_fit = pd.concat([parts.X_train, parts.X_val])
     y_fit = np.concatenate([parts.y_train, parts.y_val])
     X_search, y_search = sample_rows(X_fit, y_fit, SEARCH_MAX_ROWS, options.seed)
-    candidates = tune.search(spec, X_search, y_search, options.seed, options.families,
-                             options.n_jobs)
+    candidates = tune.search(spec, X_search, y_search, options.seed,
+                             required_families(spec, options.families), options.n_jobs)
     best = tune.select(candidates)
     stages.done("search: %s wins with out-of-fold AUC %.4f (%d-fold CV on %d rows of "
                 "train+validation)", best.family, best.oof_auc, tune.SEARCH_FOLDS,
@@ -153,6 +153,7 @@ def _train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
     card = build_card(spec, data, model, options, best, calibration, threshold["threshold"],
                       report, X_fit, oof, parts.X_test, p_test)
     card["provenance"] = provenance(key, data.sha256, card["git_commit"])
+    card["scorecard"] = scorecard_report.card_section(model, spec, parts.y_test, p_test)
 
     def extras(directory: Path) -> None:  # written before signing: the manifest lists them
         if options.plots:
@@ -205,6 +206,15 @@ def build_card(spec: DatasetSpec, data: Dataset, model: Any, options: TrainOptio
         "self_test": {"record": example,
                       "probability_of_default": float(model.predict_proba(example_row)[0, 1])},
     }
+
+
+def required_families(spec: DatasetSpec, families: tuple[str, ...]) -> tuple[str, ...]:
+    """The families to search: the spec's required ``family`` unless a flag chose others."""
+    if not spec.family or tuple(families) != FAMILIES:
+        return tuple(families)
+    if spec.family not in FAMILIES:
+        raise ValueError(f"the spec requires family {spec.family!r}; known: {FAMILIES}")
+    return (spec.family,)
 
 
 def sample_rows(X: pd.DataFrame, y: np.ndarray, most: int,
@@ -262,6 +272,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=config.models_dir(), help="models directory")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    parser.add_argument("--family", choices=FAMILIES,
+                        help="require this one family (e.g. scorecard), whatever the AUC")
     parser.add_argument("--cv-repeats", type=int, default=5, help="repeats of 5-fold CV")
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--no-plots", action="store_true")
@@ -270,7 +282,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train from parsed CLI arguments and print the summary."""
     options = TrainOptions(data=args.data, spec=args.spec, out=args.out, seed=args.seed,
-                           families=tuple(args.families), cv_repeats=args.cv_repeats,
+                           families=(args.family,) if args.family else tuple(args.families),
+                           cv_repeats=args.cv_repeats,
                            n_jobs=args.n_jobs, plots=not args.no_plots)
     start = time.perf_counter()
     directory, card = train(options)

@@ -45,7 +45,8 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import ParameterGrid, StratifiedKFold
 
 from ml.training.evaluate import best_threshold, expected_cost
-from ml.training.pipeline import BLEND, FAMILIES, PARAM_GRIDS, build_model, build_pipeline
+from ml.training.pipeline import (BLEND, BLENDABLE, FAMILIES, PARAM_GRIDS, SCORECARD,
+                                  build_model, build_pipeline)
 from ml.spec.schema import CostMatrix, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ CALIBRATIONS = ("none", "sigmoid", "isotonic")
 # 0.534 to 0.545 (seed 7), so it has to earn more than that.
 CALIBRATION_MARGIN = 0.02
 CALIBRATION_FOLDS = 3
+# Served as fitted: the fast path compiles no calibrated vote, and a scorecard's points
+# must add up to the score of its PD.
+UNCALIBRATED = (BLEND, SCORECARD)
 # Scores are clipped this far from 0 and 1 before taking logits (trees predict 0 and 1).
 EPSILON = 1e-6
 
@@ -109,8 +113,9 @@ def search(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray, seed: int,
         results[family].append({"params": params, "oof_auc": float(roc_auc_score(y, oof)),
                                 "oof": oof})
     candidates = [_best(family, results[family], "configs") for family in families]
-    if len(candidates) >= 2:
-        candidates.append(blend(candidates, y))
+    members = [c for c in candidates if c.family in BLENDABLE]
+    if len(members) >= 2:
+        candidates.append(blend(members, y))
     return candidates
 
 
@@ -156,8 +161,8 @@ def make_model(spec: DatasetSpec, family: str, params: dict[str, Any], calibrati
     pipe = build_model(spec, family, seed, params)
     if calibration == "none":
         return pipe
-    if family == BLEND:
-        raise ValueError("a blend is served uncalibrated (see choose_calibration)")
+    if family in UNCALIBRATED:
+        raise ValueError(f"a {family} is served uncalibrated (see choose_calibration)")
     # ensemble=False: one pipeline refit on all rows plus one calibrator fitted on
     # out-of-fold scores, so the served model is a single pipeline.
     return CalibratedClassifierCV(pipe, method=calibration, cv=CALIBRATION_FOLDS, ensemble=False)
@@ -199,9 +204,10 @@ def choose_calibration(spec: DatasetSpec, best: Candidate, y: np.ndarray, seed: 
     Returns the chosen method, the per-method figures, and the out-of-fold scores as the
     chosen calibration would map them (the scale the threshold is set on).
 
-    A blend is always left uncalibrated (its figures are still reported): the fast path
-    compiles a calibrated pipeline, not a calibrated vote, and a calibrator changes no
-    decision, only the PD scale.
+    A blend or a scorecard is always left uncalibrated (its figures are still reported):
+    the fast path compiles a calibrated pipeline, not a calibrated vote, a scorecard's
+    points must add up to the score of its PD, and a calibrator changes no decision,
+    only the PD scale.
     """
     on_logit = hasattr(build_model(spec, best.family, seed, best.params), "decision_function")
     scores, preds = {}, {}
@@ -212,7 +218,7 @@ def choose_calibration(spec: DatasetSpec, best: Candidate, y: np.ndarray, seed: 
                                        labels=[0, 1])),
             "roc_auc": float(roc_auc_score(y, preds[method]))}
     chosen = "none"
-    for method in ("sigmoid", "isotonic") if best.family != BLEND else ():
+    for method in ("sigmoid", "isotonic") if best.family not in UNCALIBRATED else ():
         if scores[method]["log_loss"] < scores[chosen]["log_loss"] - CALIBRATION_MARGIN:
             chosen = method
     log.info("calibration: %s (out-of-fold log loss %s)", chosen,
