@@ -7,12 +7,29 @@ store), add one line below.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flask import Flask
 
 from app import api, auth, auth_guard, errors, logs, metrics, model, monitoring, swagger, web
 from app.config import load_config
+
+
+class CreditAPI(Flask):
+    """Flask, with :meth:`ensure_sync` remembered per function.
+
+    Flask asks, on every request and for every hook and view, whether the function is
+    a coroutine; these functions are fixed when the app is built, so each is asked once.
+    """
+
+    def ensure_sync(self, func: Callable) -> Callable:
+        """The function Flask should call for ``func`` (``func`` itself, as none is async)."""
+        cache = self.__dict__.setdefault("_ensured", {})
+        try:
+            return cache[func]
+        except KeyError:
+            cache[func] = ensured = super().ensure_sync(func)
+            return ensured
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -24,7 +41,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     settings = load_config(test_config)
     logs.configure_logging(settings["LOG_LEVEL"])  # before the app, so every record is JSON
 
-    app = Flask(__name__)
+    app = CreditAPI(__name__)
     app.config.update(settings)
     app.json.sort_keys = False
 

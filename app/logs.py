@@ -18,9 +18,9 @@ import os
 import re
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Letters, digits and a few separators, at most 128 characters: a UUID, a trace id or a
@@ -30,6 +30,7 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _RESERVED = frozenset(vars(logging.makeLogRecord({})))
 
 _COMMON = "request_log_fields"
+_LISTENERS = "request_end_listeners"
 # Built once: json.dumps with options builds a new encoder per call.
 _LINE = json.JSONEncoder(default=str, separators=(",", ":"))
 
@@ -123,8 +124,8 @@ def new_request_id() -> str:
 
     Time first, like a UUIDv7: ids sort by time, and the prediction store's index on
     ``request_id`` grows at its end instead of at random places, so a group commit
-    rewrites a few index pages instead of one per row (the SQLite writer's CPU per row
-    fell by ~20 %). 80 random bits keep an id unguessable: feedback is addressed by it.
+    rewrites a few index pages instead of one per row (less writer CPU per row, see
+    ``docs/design.md``). 80 random bits keep an id unguessable: feedback is addressed by it.
     """
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
@@ -161,11 +162,6 @@ def annotate(**fields: Any) -> None:
     g.request_info.fields.update(fields)
 
 
-def request_latency() -> float:
-    """Seconds since this request started."""
-    return time.perf_counter() - g.request_info.started
-
-
 def set_common_fields(app: Flask, **fields: Any) -> None:
     """Fields written on every request line of ``app`` (e.g. ``model_version``)."""
     app.extensions.setdefault(_COMMON, {}).update(fields)
@@ -192,32 +188,21 @@ def log_request(request_id: str, method: str, endpoint: str, status: int, elapse
                                     "latency_ms": round(elapsed_ms, 3), **fields})
 
 
-def _start_request() -> None:
-    g.request_info = RequestInfo(time.perf_counter(),
-                                 sane_request_id(request.headers.get(REQUEST_ID_HEADER)),
-                                 dict(common_fields(current_app)))
+def on_request_end(app: Flask, listener: Callable[[str, str, int, float], None]) -> None:
+    """Call ``listener(endpoint, method, status, seconds)`` as each request of ``app`` ends.
 
-
-def _finish_request(response: Response) -> Response:
-    info: RequestInfo | None = g.get("request_info")
-    if info is None:  # pragma: no cover - only if another before_request hook failed first
-        _start_request()
-        info = g.request_info
-    elapsed_ms = (time.perf_counter() - info.started) * 1000.0
-    headers = response.headers
-    for name, value in response_headers(info.request_id, elapsed_ms):
-        headers[name] = value
-    log_request(info.request_id, request.method, endpoint_label(), response.status_code,
-                elapsed_ms, info.fields)
-    return response
+    The request's end is measured once, for its log line and for every listener (the
+    Prometheus metrics), in the one ``after_request`` hook of :func:`init_app`.
+    """
+    app.extensions.setdefault(_LISTENERS, []).append(listener)
 
 
 def _write_request_line(level: int, fields: dict[str, Any]) -> None:
     """The request's line, as :class:`JsonFormatter` would write it, straight to stdout.
 
     The one line every request writes skips the logging machinery (a ``LogRecord``, the
-    handler's lock and formatter: ~40 µs, against ~12 µs for this); it still obeys the
-    level of the ``app.request`` logger. One ``write`` of the whole line, then a flush,
+    handler's lock and formatter cost several times this); it still obeys the level of
+    the ``app.request`` logger. One ``write`` of the whole line, then a flush,
     so lines from other threads never interleave with it and none wait in a buffer.
     """
     line = json_line(time.time(), logging.getLevelName(level), log.name, "request",
@@ -228,10 +213,37 @@ def _write_request_line(level: int, fields: dict[str, Any]) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Give each request an id and a start time, and log one JSON line when it ends.
+    """Give each request an id and a start time; when it ends, set its headers, write
+    its log line and tell the :func:`on_request_end` listeners.
 
     Register this before the other per-request hooks: Flask runs ``after_request``
     functions in reverse order, so this line is written last, with the final status.
+    The hooks hold the app's field and listener collections, so a request looks nothing
+    up through ``current_app``.
     """
-    app.before_request(_start_request)
-    app.after_request(_finish_request)
+    common = app.extensions.setdefault(_COMMON, {})
+    listeners = app.extensions.setdefault(_LISTENERS, [])
+
+    def start_request() -> None:
+        g.request_info = RequestInfo(time.perf_counter(),
+                                     sane_request_id(request.headers.get(REQUEST_ID_HEADER)),
+                                     dict(common))
+
+    def finish_request(response: Response) -> Response:
+        info: RequestInfo | None = g.get("request_info")
+        if info is None:  # pragma: no cover - only if another before_request hook failed
+            start_request()
+            info = g.request_info
+        seconds = time.perf_counter() - info.started
+        elapsed_ms = seconds * 1000.0
+        headers = response.headers
+        for name, value in response_headers(info.request_id, elapsed_ms):
+            headers[name] = value
+        endpoint, method, status = endpoint_label(), request.method, response.status_code
+        for listener in listeners:
+            listener(endpoint, method, status, seconds)
+        log_request(info.request_id, method, endpoint, status, elapsed_ms, info.fields)
+        return response
+
+    app.before_request(start_request)
+    app.after_request(finish_request)

@@ -10,8 +10,9 @@ correction, ``"correction": true`` with a ``reason``, which needs ``feedback:cor
 and is kept in ``outcome_corrections`` and logged. Who recorded it is stored with it.
 
 Monitoring computes drift and performance for a window of stored predictions
-(:func:`ml.monitoring.monitor.build_report`) and publishes the headline figures as
-Prometheus gauges, which the alert rules in ``monitoring/alerts.yml`` watch.
+(:func:`ml.monitoring.report.build_report`, numpy only: no scikit-learn, scipy or pandas
+in a worker) and publishes the headline figures as Prometheus gauges, which the alert
+rules in ``monitoring/alerts.yml`` watch.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from app.auth import current_identity, forbidden
 from app.errors import APIError
 from app.model import get_predictor
 from app.store import get_store
+from ml.monitoring.report import build_report
 from ml.monitoring.store import STORE_ERRORS, StoreUnavailable
 
 bp = Blueprint("monitoring", __name__)
@@ -188,8 +190,6 @@ def feedback() -> Response:
 @bp.get("/monitoring")
 def monitoring() -> Response:
     """Drift and performance of a window of stored predictions (``?last=N`` or ``?days=D``)."""
-    from ml.monitoring.monitor import build_report
-
     predictor = get_predictor()
     config = current_app.config
     window = parse_window(request.args, config["MONITORING_LAST"], config["MONITORING_MAX_ROWS"])

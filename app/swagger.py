@@ -18,6 +18,14 @@ SPEC_ROUTE = "/apispec_1.json"
 UI_ROUTE = "/apidocs/"
 
 
+class _Swagger(Swagger):
+    """flasgger without its ``after_request`` hook, which copies ``config["headers"]``
+    onto every response: this app configures none, so the hook was work for nothing."""
+
+    def add_headers(self, app: Flask) -> None:
+        """Register nothing (see the class)."""
+
+
 def init_app(app: Flask) -> None:
     """Serve the generated OpenAPI document and the Swagger UI."""
     predictor = app.extensions[EXTENSION].predictor
@@ -40,4 +48,4 @@ def init_app(app: Flask) -> None:
         "auth": {},
         "ui_params": {"tryItOutEnabled": False, "displayRequestDuration": True},
     }
-    Swagger(app, config=config, template=document, merge=False)
+    _Swagger(app, config=config, template=document, merge=False)

@@ -9,9 +9,11 @@ import importlib
 import logging
 import sys
 
-from ml.serving.artifact import ArtifactError
-from ml.training.data import DataError
-from ml.spec.schema import SpecError
+# Failures a user can fix, said in one line: (module, exception class). Looked up only if
+# the command imported that module (none of them can be raised otherwise), so that the
+# monitor job does not load the training stage (and pandas) just to name its error.
+USER_ERRORS = (("ml.training.data", "DataError"), ("ml.spec.schema", "SpecError"),
+               ("ml.serving.artifact", "ArtifactError"))
 
 COMMANDS = {
     "spec": ("ml.training.draft", "draft a dataset spec for a new CSV, to review"),
@@ -40,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s", stream=sys.stderr)
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args)
-    except (DataError, SpecError, ArtifactError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         # The jobs that read the prediction store (monitor, retrain) meet database errors
         # (ml.monitoring.store.StoreUnavailable or raw SQLAlchemy ones); say so in one line instead
         # of a traceback, without importing either module for the other commands.
@@ -52,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         cause = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
         print(f"error: the prediction store is unavailable: {cause}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes of USER_ERRORS that the command loaded, plus the built-in ones."""
+    loaded = tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS
+                   if module in sys.modules)
+    return loaded + (ValueError, FileNotFoundError)
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in tests

@@ -10,6 +10,7 @@ import pytest
 from app.errors import APIError
 from app.monitoring import parse_feedback
 from ml.monitoring import monitor
+from ml.monitoring.report import build_report
 from ml.training.train import record_from_row
 
 from helpers import ERROR_KEYS, assert_error, metric_samples
@@ -228,7 +229,7 @@ def test_monitor_job_writes_a_json_report_and_psi_plots(app, client, applicants,
 
 def test_report_builder_is_pure_and_handles_no_rows(trained_model_dir):
     from ml.serving.artifact import read_card
-    report = monitor.build_report(read_card(trained_model_dir), [], {"last": 5})
+    report = build_report(read_card(trained_model_dir), [], {"last": 5})
     assert report["window"]["rows"] == 0 and report["window"]["last"] == 5
     assert monitor.save_plots(report, trained_model_dir / "unused") == []
 

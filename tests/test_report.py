@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.training import report
+from ml.training import explore, report
 from ml.__main__ import main
 from ml.serving.artifact import read_card, resolve
 from ml.training.data import split
@@ -109,7 +109,7 @@ def test_card_command_without_artifact_fails_cleanly(tmp_path, capsys):
 
 
 def test_bad_rate_by_category_matches_a_plain_groupby(dataset, spec):
-    table = report.bad_rate_by_category(dataset.X, dataset.y, "purpose", spec)
+    table = explore.bad_rate_by_category(dataset.X, dataset.y, "purpose", spec)
     expected = pd.Series(dataset.y).groupby(dataset.X["purpose"].to_numpy()).mean()
     assert table["bad_rate"].to_dict() == pytest.approx(expected.to_dict())
     assert table["applicants"].sum() == len(dataset.y)
@@ -119,28 +119,28 @@ def test_bad_rate_by_category_matches_a_plain_groupby(dataset, spec):
 
 def test_bad_rate_by_category_counts_missing_values():
     frame = pd.DataFrame({"c": ["a", None, "a", np.nan]})
-    table = report.bad_rate_by_category(frame, np.array([1, 0, 0, 1]), "c")
+    table = explore.bad_rate_by_category(frame, np.array([1, 0, 0, 1]), "c")
     assert table.loc["missing", "applicants"] == 2
     assert table.loc["a", "bad_rate"] == 0.5
 
 
 def test_exploration_helpers(dataset, spec):
-    summary = report.numeric_summary(dataset.X, dataset.y, spec)
+    summary = explore.numeric_summary(dataset.X, dataset.y, spec)
     assert list(summary.index) == [f.name for f in spec.numeric]
     assert (summary["min"] >= summary["spec_min"]).all()
-    corr = report.correlations(dataset.X, dataset.y, spec)
+    corr = explore.correlations(dataset.X, dataset.y, spec)
     assert corr.loc["default", "default"] == pytest.approx(1.0)
-    assoc = report.target_association(dataset.X, dataset.y, spec)
+    assoc = explore.target_association(dataset.X, dataset.y, spec)
     assert "foreign_worker" in assoc and ((assoc >= 0) & (assoc <= 1)).all()
     same = pd.Series(["x", "y"] * 10)
-    assert report.cramers_v(same, same) == pytest.approx(1.0)
+    assert explore.cramers_v(same, same) == pytest.approx(1.0)
 
 
 def test_compare_candidates_and_their_cost_table(dataset, spec):
     parts = split(dataset, 42)
-    predictions = report.compare_candidates(spec, parts)
+    predictions = explore.compare_candidates(spec, parts)
     assert set(predictions) == {"logistic_regression", "random_forest"}
-    table = report.candidate_table(parts.y_val, predictions, spec)
+    table = explore.candidate_table(parts.y_val, predictions, spec)
     assert (table["roc_auc"] > 0.65).all()
     # The cost-optimal threshold never does worse than approving or declining everyone.
     assert (table["cost_at_best"] <= table[["cost_approve_all", "cost_reject_all"]]

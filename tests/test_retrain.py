@@ -10,6 +10,7 @@ import pytest
 from ml.monitoring.store import PredictionStore
 from ml.__main__ import main
 from ml.serving.artifact import LATEST, load_artifact, read_card
+from ml.training.retrain import outcomes_frame
 from ml.training.train import record_from_row
 
 
@@ -90,3 +91,13 @@ def test_report_only_decides_without_saving(models, labelled_db, tmp_path):
     assert report["promoted"] is True and "--report-only" in report["decision"]
     assert "new_version" not in report
     assert (models / LATEST).read_text() == champion
+
+
+def test_labelled_rows_become_a_frame_of_spec_columns(spec, example):
+    rows = [{"features": {**example, "credit_amount": None}, "outcome": "bad"},
+            {"features": example, "outcome": "good"},
+            {"features": example, "outcome": None}]
+    X, y = outcomes_frame(rows, spec)
+    assert list(X.columns) == spec.feature_names
+    assert y.tolist() == [1, 0]
+    assert X["credit_amount"].isna().tolist() == [True, False]

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from helpers import json_lines, request_lines
-from ml.monitoring.store import PredictionStore, outcomes_frame
+from ml.monitoring.store import PredictionStore
 
 RESULT = {"probability_of_default": 0.2, "decision": "approve"}
 
@@ -165,16 +165,6 @@ def test_window_selects_the_newest_rows_oldest_first(tmp_path, example, last, da
         store.save(request_id, [example], [result], "m", "v", False,
                    now=now - timedelta(days=age))
     assert [r["request_id"] for r in store.window(last=last, days=days)] == expected
-
-
-def test_labelled_rows_become_a_frame_of_spec_columns(spec, example):
-    rows = [{"features": {**example, "credit_amount": None}, "outcome": "bad"},
-            {"features": example, "outcome": "good"},
-            {"features": example, "outcome": None}]
-    X, y = outcomes_frame(rows, spec)
-    assert list(X.columns) == spec.feature_names
-    assert y.tolist() == [1, 0]
-    assert X["credit_amount"].isna().tolist() == [True, False]
 
 
 def test_a_reused_request_id_keeps_both_predictions_each_with_its_own_prediction_id(

@@ -1,106 +1,32 @@
-"""Monitoring: drift of the applicants and the score, decision mix, and performance on
-the outcomes fed back, for a window of stored predictions.
+"""The monitor job, ``python -m ml monitor``: the monitoring report of the prediction store.
 
-:func:`build_report` is pure (card + rows in, dict out) and serves both ``GET
-/monitoring`` and the batch job ``python -m ml monitor``, which reads the prediction
-store and writes ``monitoring.json`` plus PNG plots. Drift: PSI of the score and CSI of
-every feature against the model card's reference bins (:mod:`ml.monitoring.drift`), banded
-< 0.10 stable, 0.10–0.25 watch, > 0.25 act.
+It reads a window of stored predictions, builds the same report as ``GET /monitoring``
+(:func:`ml.monitoring.report.build_report`), and writes ``monitoring.json`` plus PNG
+plots of the drift. The job runs in its own pod (a CronJob), so it may draw with
+matplotlib; no serving worker imports this module.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ml.spec import config
-
 from ml.monitoring import drift
-
-from ml.training import evaluate
-
-log = logging.getLogger(__name__)
-
-# Below this many labelled rows of each class, ranking metrics are noise: not reported.
-MIN_CLASS_ROWS = 1
-
-
-def outcome_metrics(rows: list[dict[str, Any]], card: dict[str, Any]) -> dict[str, Any]:
-    """AUC, KS, bad rate among approved, confusion matrix and cost on labelled rows.
-
-    Decisions are re-derived from the stored PD with the card's threshold, as served.
-    """
-    spec = card["spec"]["target"]
-    labelled = [r for r in rows if r.get("outcome") is not None]
-    y = np.array([1 if r["outcome"] == spec["positive"] else 0 for r in labelled], dtype=int)
-    out: dict[str, Any] = {"labelled": len(labelled), "bad": int(y.sum()),
-                           "good": int(len(y) - y.sum())}
-    if out["bad"] < MIN_CLASS_ROWS or out["good"] < MIN_CLASS_ROWS:
-        out["metrics"] = None
-        out["note"] = "AUC, KS and the confusion matrix need labelled outcomes of both classes"
-        return out
-    from ml.spec.schema import CostMatrix
-
-    p = np.array([r["probability_of_default"] for r in labelled], dtype=float)
-    full = evaluate.classification_metrics(
-        y, p, float(card["threshold"]), CostMatrix(**card["cost"]),
-        labels=(spec.get("negative") or "negative", spec["positive"]))
-    out["metrics"] = {k: full[k] for k in ("roc_auc", "gini", "ks", "bad_rate_among_approved",
-                                           "approval_rate", "confusion_matrix",
-                                           "expected_cost", "threshold")}
-    return out
-
-
-def build_report(card: dict[str, Any], rows: list[dict[str, Any]],
-                 window: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The monitoring report of stored prediction ``rows`` against the served model.
-
-    Args:
-        card: the model card (its ``reference`` bins, threshold, cost, spec).
-        rows: stored predictions (``features`` decoded), oldest first.
-        window: how the rows were chosen (``last`` or ``days``), echoed in the report.
-    """
-    report: dict[str, Any] = {
-        "model": {"name": card["name"], "version": card["version"]},
-        "window": {**(window or {}), "rows": len(rows),
-                   "from": _iso(rows[0]["created_at"]) if rows else None,
-                   "to": _iso(rows[-1]["created_at"]) if rows else None,
-                   "model_versions": dict(Counter(r["model_version"] for r in rows))},
-        "bands": {"stable_below": drift.STABLE, "act_above": drift.WATCH},
-    }
-    if not rows:
-        report.update(drift=None, decisions={}, outcomes={"labelled": 0, "metrics": None})
-        return report
-    compared = drift.compare(card["reference"], [r["features"] for r in rows],
-                             [r["probability_of_default"] for r in rows])
-    report["drift"] = compared
-    report["summary"] = {
-        "score_psi": compared["score"]["psi"],
-        "max_feature_psi": max(e["psi"] for e in compared["features"].values()),
-        "features_to_act_on": sorted(n for n, e in compared["features"].items()
-                                     if e["band"] == "act"),
-    }
-    counts = Counter(r["decision"] for r in rows)
-    report["decisions"] = {d: {"count": c, "share": c / len(rows)}
-                           for d, c in sorted(counts.items())}
-    report["outcomes"] = outcome_metrics(rows, card)
-    return report
+from ml.monitoring.report import build_report
+from ml.spec import config
 
 
 def save_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """PSI per feature (bars, with the 0.10 / 0.25 band lines) and the score's bins."""
+    if not report.get("drift"):
+        return []
     import matplotlib
     matplotlib.use("Agg")  # no display in a pod
     import matplotlib.pyplot as plt
 
-    if not report.get("drift"):
-        return []
     out_dir.mkdir(parents=True, exist_ok=True)
     features = report["drift"]["features"]
     names = sorted(features, key=lambda n: features[n]["psi"])
@@ -134,16 +60,6 @@ def save_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     fig.savefig(score_path, dpi=100)
     plt.close(fig)
     return [psi_path, score_path]
-
-
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:  # SQLite returns naive datetimes; they were stored as UTC
-            value = value.replace(tzinfo=timezone.utc)
-        return value.isoformat(timespec="seconds")
-    return str(value)
 
 
 def add_window_arguments(parser: argparse.ArgumentParser) -> None:

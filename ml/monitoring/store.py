@@ -6,20 +6,15 @@ features (JSON), PD and decision, and later the observed ``outcome``. The URL co
 ``DATABASE_URL``: an SQLite file by default (embedded, survives restarts of the
 process), PostgreSQL in production (``postgresql+psycopg://...``).
 
-Write design (``STORE_WRITE``). The insert used to run in the request and was the largest
-share of a single-record /predict (about 45 % of the view). It is now **write-behind**
-(``async``, the default): the request appends its rows, as they are, to a bounded
-per-process queue (:meth:`PredictionStore.enqueue`, a few microseconds whatever the
+Write design (``STORE_WRITE``; the figures are in ``docs/design.md``). An insert in the
+request was the largest share of a single-record /predict, so writes are
+**write-behind** (``async``, the default): the request appends its rows, as they are,
+to a bounded per-process queue (:meth:`PredictionStore.enqueue`, independent of the
 batch size) and a daemon writer thread writes everything pending in one transaction
 and one ``executemany`` (group commit), at most ``STORE_FLUSH_SECONDS`` (0.2 s) after
 the first row arrived, sooner when :data:`BATCH_ROWS` rows are pending. The JSON
-encoding of the features happens in the writer too. Measured with
-``benchmarks/bench_store.py`` (SQLite file, real 20-field applicants, 2-vCPU VM under a
-load average of 4, best of 5 rounds): the old synchronous insert cost the request
-~315 µs for one applicant and ~31 ms for 1,000; an enqueue costs ~2 µs and ~3 µs. The
-writer pays ~25-35 µs per row whether rows come 100 requests at a time or as one batch
-(SQLite's own executemany with two indexes is ~20 µs of it), against ~315 µs per
-single-applicant request written alone.
+encoding of the features happens in the writer too, and a grouped row costs the
+writer a small fraction of what an insert of its own cost the request.
 
 Durability contract of ``async``: a prediction is answered before its row is committed.
 Rows are lost only when a worker dies without a graceful stop (SIGKILL, OOM kill,
@@ -32,11 +27,10 @@ every prediction this process answered; other processes (the other workers, the
 monitor job) see a row up to ``STORE_FLUSH_SECONDS`` later, so a feedback sent within
 that time and answered by another worker can get a 404 (outcomes normally come weeks
 later; a retry finds the row). The writer thread shares the worker's CPU and GIL: its
-work (~30 µs per row) is done between requests, or interleaved with them under load.
+work is done between requests, or interleaved with them under load.
 Production runs on PostgreSQL; SQLite in the pod is for development.
 ``STORE_WRITE=sync`` keeps the insert in the request for users who need the row
-committed before the answer; it too got cheaper (~225 µs instead of ~315 µs for one
-applicant, ~25 ms instead of ~31 ms for 1,000): the INSERT is compiled once per engine
+committed before the answer; it too is lean: the INSERT is compiled once per engine
 and the rows go to the driver's ``executemany`` as tuples, with the request's constant
 values converted once.
 
@@ -90,10 +84,9 @@ BATCH_ROWS = 1000
 # How long a read (feedback, monitoring) or a graceful exit waits for pending rows.
 FLUSH_TIMEOUT_SECONDS = 10.0
 # The writer thread's nice value (Linux: per thread). Its group commits then yield the
-# CPU to the request threads of the busy workers, which cut the tail of /predict latency
-# (p99 / p50 under 8 connections: 3.3 -> 3.0, lower in each of 4 interleaved rounds);
-# at weight 110 against 1024 it still gets about 10 % of a contended core, 3x what it
-# needs at full load (~30 us of SQLite per row), so it keeps up and drops nothing.
+# CPU to the request threads of the busy workers, which cuts the tail of /predict
+# latency, and it still gets several times the CPU it needs at full load, so it keeps
+# up and drops nothing (figures: docs/design.md).
 WRITER_NICE = 10
 # A writer thread idle this long ends (the next enqueue starts another), so stores that
 # are no longer used (tests build many apps) do not keep a thread each.
@@ -657,22 +650,6 @@ def _correct(conn: sa.Connection, row: Any, outcome: str, by: str | None, reason
     conn.execute(predictions.update().where(predictions.c.id == row["id"])
                  .values(outcome=outcome, labelled_at=when, labelled_by=by))
     return "corrected", {**row, "outcome": outcome, "labelled_by": by}
-
-
-def outcomes_frame(rows: Iterable[dict[str, Any]], spec: Any) -> tuple[Any, Any]:
-    """Labelled rows back to a validated-style frame (spec feature columns) and y (1 = bad).
-
-    Missing values become NaN like :func:`ml.training.data.validate_frame` makes them; the
-    target is 1 where the outcome is the spec's positive class.
-    """
-    import numpy as np
-
-    from ml.serving.predictor import records_to_frame
-
-    rows = [r for r in rows if r.get("outcome") is not None]
-    y = np.array([1 if r["outcome"] == spec.target.positive else 0 for r in rows],
-                 dtype=np.int64)
-    return records_to_frame([r["features"] for r in rows], spec), y
 
 
 def flush_all(timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:

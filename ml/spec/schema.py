@@ -319,7 +319,7 @@ def validate_records(spec: DatasetSpec, records: list[Any],
     """All problems of many records: :func:`validate_record` of each, in order.
 
     The common case, a batch in which every record is valid, is first checked column by
-    column, about five times faster than record by record. That check only ever
+    column, several times faster than record by record. That check only ever
     answers "all valid" when :func:`validate_record` would find nothing in any record;
     on anything else every record goes through :func:`validate_record`, so the
     problems are exactly the ones it reports.

@@ -39,6 +39,20 @@ DEFAULT_MARGIN = 0.005
 DEFAULT_HOLDOUT = 0.3
 
 
+def outcomes_frame(rows: list[dict[str, Any]], spec: Any) -> tuple[pd.DataFrame, np.ndarray]:
+    """Labelled rows back to a validated-style frame (spec feature columns) and y (1 = bad).
+
+    Missing values become NaN like :func:`ml.training.data.validate_frame` makes them; the
+    target is 1 where the outcome is the spec's positive class.
+    """
+    from ml.serving.predictor import records_to_frame
+
+    rows = [r for r in rows if r.get("outcome") is not None]
+    y = np.array([1 if r["outcome"] == spec.target.positive else 0 for r in rows],
+                 dtype=np.int64)
+    return records_to_frame([r["features"] for r in rows], spec), y
+
+
 def split_outcomes(X: pd.DataFrame, y: np.ndarray, holdout: float, seed: int
                    ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray]:
     """Labelled outcomes into a fitting part and a held-out part (stratified when it can)."""
@@ -68,8 +82,6 @@ def retrain(model_dir: Path, rows: list[dict[str, Any]], data_path: Path = confi
     Returns:
         The report: rows used, both models' held-out metrics, the decision and why.
     """
-    from ml.monitoring.store import outcomes_frame
-
     champion = load_artifact(model_dir)
     card, spec = champion.card, champion.spec
     seed, threshold = int(card["seed"]), float(card["threshold"])

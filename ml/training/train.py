@@ -47,10 +47,10 @@ GRADES = (
     {"grade": "F", "max_pd": 1.0, "label": "very high risk"},
 )
 
-# A forest's fit grows faster than its rows: on 30,000 rows the 36 forest fits of the
-# search alone ran for over 20 minutes on 2 busy cores. Above this many rows the search,
-# the calibration and the threshold use a stratified sample of train + validation
-# (still thousands of out-of-fold scores); the chosen model is refitted on all of it.
+# A forest's fit grows faster than its rows (docs/design.md: what 30,000 rows cost the
+# full search). Above this many rows the search, the calibration and the threshold use
+# a stratified sample of train + validation (still thousands of out-of-fold scores);
+# the chosen model is refitted on all of it.
 SEARCH_MAX_ROWS = 5000
 # The variability CV repeats only as often as keeps it near this many scored rows: all
 # 5 repeats on the shipped 1,000 rows, one on 10,000 or more, where the folds are large
@@ -88,9 +88,9 @@ def train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
 
     OpenMP (HistGradientBoosting, a member of the usual blend) gets one thread in this
     process, where the refit, the test scoring and the fast-path check run: the
-    parallel stages already use ``n_jobs`` worker processes, and on a busy 2-CPU machine
-    two spinning OpenMP threads made one boosting fit take 40 s instead of 0.7 s
-    (measured; the model is bit-identical either way).
+    parallel stages already use ``n_jobs`` worker processes, and on a busy machine
+    spinning OpenMP threads slowed a boosting fit by orders of magnitude (figures in
+    ``docs/design.md``; the model is bit-identical either way).
     """
     with threadpool_limits(limits=1, user_api="openmp"):
         return _train(options)
