@@ -78,18 +78,25 @@ loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
 accesslog = None
 
 
-def worker_exit(server, worker):
-    """A worker is stopping (graceful stop, restart): write the predictions it has queued.
+def post_worker_init(worker):
+    """A worker is ready: start its prediction-store writer, which at once drains the
+    spool files that dead workers left (ml/monitoring/spool.py)."""
+    from ml.monitoring.store import start_all
 
-    The prediction store writes behind the request (ml/monitoring/store.py); this is what makes a
-    graceful stop lose nothing. ``atexit`` would do it too, later; this runs first and
-    says so in the log if the database did not take them in time.
+    start_all()
+
+
+def worker_exit(server, worker):
+    """A worker is stopping (graceful stop, restart): write the predictions it has spooled.
+
+    What the database does not take in time stays in the spool file, which the next
+    worker drains; this only makes a graceful stop leave no spool behind.
     """
     from ml.monitoring.store import flush_all
 
     if not flush_all(timeout=graceful_timeout / 2):
-        server.log.warning("predictions still queued at worker exit were not stored",
-                           extra={"worker_pid": worker.pid})
+        server.log.warning("predictions still spooled at worker exit; the next worker "
+                           "writes them", extra={"worker_pid": worker.pid})
 
 
 def child_exit(server, worker):
