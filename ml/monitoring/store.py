@@ -417,13 +417,13 @@ def _label(conn: sa.Connection, prediction_id: str, item: int, outcome: str,
            by: str | None, owner: str | None, correction: str | None,
            when: datetime) -> tuple[str, dict[str, Any] | None]:
     """:meth:`PredictionStore.label` inside one transaction."""
-    key_p = (predictions.c.prediction_id == prediction_id) & (predictions.c.item == item)
     key_o = (outcomes.c.prediction_id == prediction_id) & (outcomes.c.item == item)
-    made = conn.execute(sa.select(predictions.c.client).where(key_p)).first()
-    if made is None and (not recent_server_id(prediction_id) or conn.execute(
-            sa.select(predictions.c.id).where(predictions.c.prediction_id == prediction_id)
-            .limit(1)).first() is not None):
-        return "unknown", None  # old or not ours, or stored without this item
+    # One read of every item of the id: a consistent answer while a writer adds them.
+    stored = conn.execute(sa.select(predictions.c.item, predictions.c.client).where(
+        predictions.c.prediction_id == prediction_id)).all()
+    made = next((r for r in stored if r.item == item), None)
+    if made is None and (stored or not recent_server_id(prediction_id)):
+        return "unknown", None  # stored without this item, or old, or not ours
     if made is not None and owner is not None and made.client != owner:
         return "unknown", None
     existing = conn.execute(sa.select(outcomes).where(key_o)).mappings().first()
