@@ -36,7 +36,8 @@ def save_predictions(app: Any, request_id: str, records: list[dict[str, Any]],
     store: PredictionStore = app.extensions[EXTENSION]
     args = (request_id, records, results, model_name, model_version, batch)
     ids = {"prediction_id": prediction_id, "client": client}
-    if store.write == "sync":
+    # Sync inserts wait while older rows are spooled: the store keeps the answer order.
+    if store.write == "sync" and store.backlog() == 0:
         try:
             store.save(*args, **ids)
             return {"stored": True}

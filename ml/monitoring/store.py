@@ -436,8 +436,8 @@ def _label(conn: sa.Connection, prediction_id: str, item: int, outcome: str,
     if existing is None:
         inserted = conn.execute(_insert_outcome(conn.dialect).values(
             prediction_id=prediction_id, item=item, outcome=outcome, labelled_at=when,
-            labelled_by=by, owner=owner))
-        if inserted.rowcount == 1:
+            labelled_by=by, owner=owner).returning(outcomes.c.item)).first()
+        if inserted is not None:
             return "created", {"outcome": outcome, "labelled_by": by}
         existing = conn.execute(sa.select(outcomes).where(key_o)).mappings().first()
     if existing["outcome"] == outcome:
