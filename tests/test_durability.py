@@ -92,3 +92,91 @@ def test_killed_workers_lose_no_answered_prediction(gunicorn, database, example)
     assert len(answered) > 100
     missing = set(answered) - stored_ids(database)
     assert not missing, f"{len(missing)} of {len(answered)} answered predictions lost"
+
+
+class Load:
+    """Client threads that POST /predict until stopped, recording every answer."""
+
+    def __init__(self, url: str, example: dict, threads: int = 4) -> None:
+        self.url, self.example = url, example
+        self.answered: list[str] = []
+        self.failed: list[int] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            status, _, body = call(self.url + "/predict", self.example, timeout=10)
+            if status == 200:
+                self.answered.append(body["prediction_id"])
+            else:
+                self.failed.append(status)
+
+    def end(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def test_a_database_outage_under_load_loses_nothing_and_ready_says_degraded(
+        postgres, trained_model_dir, tmp_path, example):  # noqa: F811
+    url = postgres.url()
+    server = Server(trained_model_dir, tmp_path, DATABASE_URL=url, STORE_RETRY_SECONDS="1")
+    try:
+        server.wait_ready()
+        load = Load(server.url, example)
+        time.sleep(1)
+        postgres.stop()
+        try:
+            states = set()
+            for _ in range(20):  # ~20 s down
+                time.sleep(1)
+                status, _, body = call(server.url + "/ready", timeout=5)
+                assert status == 200
+                states.add(body["store"])
+        finally:
+            postgres.start()
+        time.sleep(2)
+        load.end()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) == 0
+    finally:
+        server.stop()
+    assert states == {"degraded"}
+    assert load.failed == [] and len(load.answered) > 100
+    missing = set(load.answered) - stored_ids(url)
+    assert not missing, f"{len(missing)} of {len(load.answered)} answered predictions lost"
+
+
+def test_rows_spooled_before_a_restart_are_written_after_it(
+        postgres, trained_model_dir, tmp_path, example):  # noqa: F811
+    url, spool = postgres.url(), str(tmp_path / "spool")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Server(trained_model_dir, tmp_path / "a", DATABASE_URL=url, STORE_SPOOL_DIR=spool)
+    try:
+        first.wait_ready()
+        postgres.stop()
+        try:
+            answered = [call(first.url + "/predict", example)[2]["prediction_id"]
+                        for _ in range(20)]
+            for pid in [*workers(first.process.pid), first.process.pid]:
+                os.kill(pid, signal.SIGKILL)  # the whole pod dies with the spool on disk
+            first.process.wait(10)
+        finally:
+            postgres.start()
+    finally:
+        first.stop()
+    assert os.listdir(spool)
+    assert not set(answered) & stored_ids(url)
+    second = Server(trained_model_dir, tmp_path / "b", DATABASE_URL=url, STORE_SPOOL_DIR=spool)
+    try:
+        second.wait_ready()
+        deadline = time.monotonic() + 20
+        while set(answered) - stored_ids(url) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        second.stop()
+    assert not set(answered) - stored_ids(url)
