@@ -36,13 +36,12 @@ RUN GIT_COMMIT="${REVISION}" python -m ml train
 
 # ---------------------------------------------------------------------------------------
 FROM deps AS native
-# The two C modules: the tree walk of the serving fast path (ml/serving/_treewalk.c, about 5x
-# faster per request than the numpy walk it replaces) and the batch scorer's CSV byte work
-# (ml/batch/_csvbytes.c). The builder image has gcc and the Python headers; the api stage takes
-# only the compiled modules, so no compiler ships.
+# The C module: the tree walk of the serving fast path and the batch scorer
+# (ml/serving/_treewalk.c, about 5x faster per request than the numpy walk it replaces). The
+# builder image has gcc and the Python headers; the api stage takes only the compiled module,
+# so no compiler ships.
 COPY --chown=1001:0 setup.py ./
 COPY --chown=1001:0 ml/serving/_treewalk.c ml/serving/
-COPY --chown=1001:0 ml/batch/_csvbytes.c ml/batch/
 RUN python setup.py build_ext --inplace
 
 # ---------------------------------------------------------------------------------------
@@ -69,7 +68,6 @@ COPY --chown=1001:0 gunicorn.conf.py ./
 COPY --chown=1001:0 data/ data/
 COPY --from=trainer --chown=1001:0 /opt/app-root/src/models/ models/
 COPY --from=native --chown=1001:0 /opt/app-root/src/ml/serving/_treewalk.*.so ml/serving/
-COPY --from=native --chown=1001:0 /opt/app-root/src/ml/batch/_csvbytes.*.so ml/batch/
 
 # Byte-compile now: the root filesystem is read-only at run time. Then make the group
 # (0, OpenShift's random UID's group) as able as the owner, and take write access from

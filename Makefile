@@ -9,9 +9,14 @@ IMAGE ?= credit-risk-api
 LOCAL_KEYS ?= .local/api-keys.yaml
 TAG ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
 DEB_PACKAGES := chromium chromium-driver postgresql prometheus wrk
+# Artifacts are signed (docs/deploy.md, "Signing"): locally with a development key pair under
+# .keys/ (gitignored, made by `make dev-keys`); set both variables to use another key.
+DEV_KEYS := $(CURDIR)/.keys
+export MODEL_SIGNING_KEY_FILE ?= $(DEV_KEYS)/signing.pem
+export MODEL_TRUSTED_KEYS ?= $(DEV_KEYS)/trusted
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev system-deps train api run test lint bench docker-build deploy clean
+.PHONY: help install install-dev system-deps dev-keys train api run test lint bench docker-build deploy clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -22,7 +27,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.runtime: $(VENV)/bin/python requirements.txt setup.cfg setup.py ml/serving/_treewalk.c ml/batch/_csvbytes.c
+$(VENV)/.runtime: $(VENV)/bin/python requirements.txt setup.cfg setup.py ml/serving/_treewalk.c
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
@@ -41,13 +46,17 @@ system-deps: ## Install the Debian packages the tests need (chromium, postgresql
 	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; fi; \
 	fi
 
-train: install ## Train, evaluate and publish a model artifact under models/
+dev-keys: install ## Generate the development signing key pair under .keys/ if there is none
+	@if [ "$(MODEL_SIGNING_KEY_FILE)" = "$(DEV_KEYS)/signing.pem" ] && [ ! -f "$(DEV_KEYS)/signing.pem" ]; then \
+	  $(PY) -m ml keygen --private "$(DEV_KEYS)/signing.pem" --public "$(DEV_KEYS)/trusted/dev.pub"; fi
+
+train: install dev-keys ## Train, evaluate, sign and publish a model artifact under models/
 	$(PY) -m ml train
 
 api: install ## Serve the latest artifact with gunicorn on :$(PORT)
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py 'app:create_app()'
 
-run: install ## Train the default model if none exists, then serve on :$(PORT) (Swagger at /apidocs)
+run: install dev-keys ## Train the default model if none exists, then serve on :$(PORT) (Swagger at /apidocs)
 	@test -f models/LATEST || $(PY) -m ml train
 	@# Access control: a local key file with one all-scopes key, made (and shown) once.
 	@if [ -z "$$API_KEYS_FILE$$OIDC_ISSUER" ] && [ ! -f $(LOCAL_KEYS) ]; then \

@@ -43,8 +43,11 @@ def ready() -> Response:
 
 @bp.get("/model")
 def model_card() -> Response:
-    """The served model's card: metrics, threshold, grades, features, versions, date."""
-    return _json(get_predictor().card)
+    """The served model's card (metrics, threshold, grades, features, versions, date) and
+    ``signature``: the key id that signed the artifact, as verified at load."""
+    predictor = get_predictor()
+    return _json({**predictor.card, "signature": {"key_id": predictor.signer,
+                                                  "signed_at": predictor.artifact.signed_at}})
 
 
 @bp.post("/predict")

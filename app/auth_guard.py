@@ -1,12 +1,15 @@
 """Abuse guards: per-client rate limits, bounded chunked bodies, security headers.
 
-Rate limits (Flask-Limiter) apply per identity (the principal, or the remote address
-when authentication is off) to ``POST /predict`` and the form's POST
-(``RATELIMIT_PREDICT``) and to ``POST /feedback`` (``RATELIMIT_FEEDBACK``). Counters
+Rate limits apply per identity (the principal, or the remote address when
+authentication is off) to ``POST /predict`` and the form's POST (``RATELIMIT_PREDICT``)
+and to ``POST /feedback`` (``RATELIMIT_FEEDBACK``), each route counted on its own, with
+the fixed-window limiter of ``limits`` (the library under Flask-Limiter; its extension
+cost ~150 µs per request, about 40 % of a prediction, see docs/design.md). Counters
 live in ``RATELIMIT_STORAGE_URI``: ``memory://`` counts per worker process (so the
 effective limit is the setting times the workers), ``redis://...`` shares them across
 workers and pods. A client over its limit gets 429 in the one error shape, with
-``Retry-After``; other clients are not affected.
+``Retry-After``; other clients are not affected. If the counters' store fails, requests
+go on (counted in the log): an outage of Redis must not stop scoring.
 
 A chunked body (no ``Content-Length``) is read up to ``MAX_CONTENT_LENGTH`` + 1 bytes
 before the view runs: over the limit it gets 413, as a declared one does, instead of
@@ -22,14 +25,18 @@ every JSON answer.
 from __future__ import annotations
 
 import io
+import logging
+import math
 import secrets
 import time
 
 from flask import Flask, Response, current_app, g, request
-from flask_limiter import Limiter, RateLimitExceeded
+from limits import parse_many, storage, strategies
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.errors import error_response
+from app.errors import APIError
+
+log = logging.getLogger(__name__)
 
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'{styles}; "
        "script-src 'self'{nonce}; form-action 'self'; frame-ancestors 'none'; "
@@ -86,15 +93,35 @@ def _bound_chunked_body() -> None:
     environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
-def _too_many(exc: RateLimitExceeded) -> Response:
-    """429 in the one error shape, with the seconds until the window frees a request."""
-    limiter: Limiter = current_app.extensions[EXTENSION]
-    current = limiter.current_limit
-    wait = max(1, int(current.reset_at - time.time())) if current else 1
-    response = error_response(429, "Too many requests from this client; retry after "
-                                   f"{wait} s.")
-    response.headers["Retry-After"] = str(wait)
-    return response
+class RateLimits:
+    """Per-client, per-route fixed-window limits.
+
+    Args:
+        uri: the counters' storage (``memory://``, ``redis://host:6379``, ...).
+        limits: endpoint -> limit text (``100/second``, ``10/second;1000/hour``).
+    """
+
+    def __init__(self, uri: str, limits: dict[str, str]) -> None:
+        self.limiter = strategies.FixedWindowRateLimiter(storage.storage_from_string(uri))
+        self.limits = {endpoint: parse_many(text) for endpoint, text in limits.items()}
+
+    def check(self) -> None:
+        """Count this request; 429 with ``Retry-After`` when its client is over a limit."""
+        items = self.limits.get(request.endpoint or "")
+        if not items:
+            return
+        key = client_key()
+        for item in items:
+            try:
+                if self.limiter.hit(item, request.endpoint, key):
+                    continue
+                reset = self.limiter.get_window_stats(item, request.endpoint, key).reset_time
+            except Exception as exc:  # the counters' store is down: serve, and say so
+                log.warning("rate limit not checked", extra={"reason": type(exc).__name__})
+                return
+            wait = max(1, math.ceil(reset - time.time()))
+            raise APIError(429, f"Too many requests from this client; retry after {wait} s.",
+                           headers={"Retry-After": str(wait)})
 
 
 def init_app(app: Flask) -> None:
@@ -103,16 +130,10 @@ def init_app(app: Flask) -> None:
     Call after the routes are registered and after :func:`app.auth.init_app` (limits
     are keyed on the identity the edge check finds).
     """
-    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
-    limiter = Limiter(client_key, app=app, storage_uri=app.config["RATELIMIT_STORAGE_URI"],
-                      strategy="fixed-window")
-    app.extensions[EXTENSION] = limiter
+    limits = RateLimits(app.config["RATELIMIT_STORAGE_URI"],
+                        {endpoint: app.config[setting] for endpoint, setting in LIMITED.items()})
+    app.extensions[EXTENSION] = limits
+    app.before_request(limits.check)
     app.before_request(_bound_chunked_body)  # after the limit: a limited client sends nothing
     app.after_request(_security_headers)
     app.jinja_env.globals["csp_nonce"] = csp_nonce
-    for endpoint, setting in LIMITED.items():
-        view = app.view_functions.get(endpoint)
-        if view is not None:
-            limit = app.config[setting]
-            app.view_functions[endpoint] = limiter.limit(lambda limit=limit: limit)(view)
-    app.register_error_handler(RateLimitExceeded, _too_many)

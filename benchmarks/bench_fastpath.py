@@ -1,4 +1,4 @@
-"""Per-request cost of the predictor's fast path against sklearn's ``predict_proba``.
+"""Per-request cost of the predictor's compiled model against sklearn's ``predict_proba``.
 
 For each model family: one record through ``model.predict_proba(one-row DataFrame)``
 (the baseline, frame building included), through the compiled fast path alone, and
@@ -22,11 +22,13 @@ import numpy as np
 import pandas as pd
 
 from ml.serving.artifact import Artifact, library_versions
+from ml.serving.predictor import Predictor
 from ml.spec.config import DEFAULT_DATA, DEFAULT_SPEC
-from ml.training.data import load_dataset
+from ml.spec.schema import CATEGORICAL, DatasetSpec
+from ml.training.compile import compile_model
+from ml.training.data import load_dataset, records_to_frame
 from ml.training.pipeline import build_pipeline
-from ml.serving.predictor import Predictor, records_to_frame
-from ml.spec.schema import (CATEGORICAL, DatasetSpec)
+from ml.training.publish import load_artifact
 
 # Settings from ml.training.pipeline.PARAM_GRIDS (the forest as the trainer picked it on seed 42),
 # with the builder's tree counts.
@@ -62,7 +64,8 @@ def record_of(row: pd.Series, spec: DatasetSpec) -> dict[str, Any]:
 
 
 def fitted_predictor(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray,
-                     family: str) -> Predictor:
+                     family: str) -> tuple[Predictor, Any]:
+    """A predictor of a freshly fitted pipeline, and the sklearn model it was compiled from."""
     model = build_pipeline(spec, family, 0, FAMILIES[family]).fit(X, y)
     example = record_of(X.iloc[0], spec)
     baseline = {f.name: (str(X[f.name].mode().iloc[0]) if f.kind == CATEGORICAL
@@ -72,12 +75,14 @@ def fitted_predictor(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray,
             "reference": {"baseline": baseline}, "example": example,
             "self_test": {"record": example, "probability_of_default":
                           float(model.predict_proba(X.iloc[[0]])[0, 1])}}
-    return Predictor(Artifact(model=model, card=card, spec=spec, path=Path(".")))
+    return Predictor(Artifact(card=card, spec=spec, path=Path("."),
+                              fast=compile_model(model))), model
 
 
-def measure(predictor: Predictor, records: list[dict], budget: float) -> dict[str, float]:
+def measure(predictor: Predictor, model: Any, records: list[dict],
+            budget: float) -> dict[str, float]:
     """Seconds per call of each way of scoring, for one interleaved round."""
-    model, spec = predictor.artifact.model, predictor.spec
+    spec = predictor.spec
     one = records[:1]
     batch = records[:1000]
     return {
@@ -92,8 +97,7 @@ def measure(predictor: Predictor, records: list[dict], budget: float) -> dict[st
     }
 
 
-def describe(predictor: Predictor) -> str:
-    model = predictor.artifact.model
+def describe(predictor: Predictor, model: Any) -> str:
     if hasattr(model, "voting"):  # the trainer's blend: a VotingClassifier of pipelines
         pipelines = list(model.estimators_)
     else:
@@ -124,11 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     records = [record_of(data.X.iloc[i], spec) for i in range(len(data.X))]
     predictors = {f: fitted_predictor(spec, data.X, data.y, f) for f in args.families}
     if args.model:
-        predictors["trained artifact"] = Predictor.load(args.model, sklearn=True)
+        predictors["trained artifact"] = (Predictor.load(args.model),
+                                          load_artifact(args.model).model)
     best: dict[str, dict[str, float]] = {}
     for _ in range(args.rounds):  # interleaved: every model in every round
-        for name, predictor in predictors.items():
-            figures = measure(predictor, records, args.budget)
+        for name, (predictor, model) in predictors.items():
+            figures = measure(predictor, model, records, args.budget)
             old = best.setdefault(name, figures)
             for key, value in figures.items():
                 old[key] = min(old[key], value)
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.cpu_count()} CPUs; best of {args.rounds} interleaved rounds")
     us = 1e6
     for name, f in best.items():
-        print(f"\n{name}: {describe(predictors[name])}")
+        print(f"\n{name}: {describe(*predictors[name])}")
         print(f"  1 record   sklearn predict_proba(1-row frame) {f['sklearn_1'] * us:9.0f} µs")
         print(f"             fast path P(default) only          {f['fast_1'] * us:9.1f} µs "
               f"({f['sklearn_1'] / f['fast_1']:.0f}x faster)")

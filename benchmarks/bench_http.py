@@ -70,7 +70,10 @@ class Server:
         self.log = open(workdir / f"{app.split(':')[0]}-{self.port}.log", "wb")
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         env.update(PORT=str(self.port), MODEL_DIR=str(model_dir), WEB_CONCURRENCY=str(workers),
-                   TMPDIR=str(workdir), **settings)
+                   TMPDIR=str(workdir))
+        # a.-g. measure the serving path without access control; h. measures its cost.
+        env.update({"AUTH_REQUIRED": "false", "RATELIMIT_PREDICT": "1000000/second",
+                    **settings})
         self.started = time.perf_counter()
         self.process = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", app],
                                         cwd=ROOT, env=env, stdout=self.log,
@@ -140,7 +143,8 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
 
 
 def wrk(port: int, path: str, body: bytes, duration: int, workdir: Path,
-        connections: int = 8, threads: int = 2, pause_ms: int = 0) -> dict[str, float]:
+        connections: int = 8, threads: int = 2, pause_ms: int = 0,
+        headers: dict[str, str] | None = None) -> dict[str, float]:
     """Drive ``POST path`` with wrk; requests/s, p50 and p99 latency in ms, error count.
 
     ``pause_ms``: each connection waits this long after an answer before its next
@@ -150,6 +154,8 @@ def wrk(port: int, path: str, body: bytes, duration: int, workdir: Path,
     script.write_text("wrk.method = \"POST\"\n"
                       "wrk.headers[\"Content-Type\"] = \"application/json\"\n"
                       f"wrk.body = {json.dumps(body.decode())}\n"
+                      + "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n"
+                                for k, v in (headers or {}).items())
                       + (f"function delay() return {pause_ms} end\n" if pause_ms else ""))
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
                           "-s", str(script), f"http://127.0.0.1:{port}{path}"],
@@ -251,6 +257,160 @@ def run_all(model_dir: Path, workdir: Path, duration: int, rounds: int) -> dict:
     return measured
 
 
+def auth_costs(model_dir: Path, workdir: Path, duration: int, rounds: int) -> dict:
+    """h. single-record ``/predict?reasons=false`` without auth, with an API key, with an
+    OIDC JWT (keys from a JWKS served here), on three servers measured in interleaved
+    rounds; req/s, p50/p99 and each one's cost against no auth (targets: key <= 5 %,
+    JWT <= 10 %)."""
+    from app.auth import SCOPES
+    from app.auth_keys import create_key
+
+    provider, issuer, token = jwks_provider()
+    key = create_key(str(workdir / "keys.yaml"), "bench", SCOPES)
+    auth = {"AUTH_REQUIRED": "true", "API_KEYS_FILE": str(workdir / "keys.yaml"),
+            "OIDC_ISSUER": issuer, "OIDC_AUDIENCE": "bench", "OIDC_JWKS_URL": issuer + "/jwks"}
+    body = json.dumps(read_card(model_dir)["example"]).encode()
+    servers = {}
+    try:
+        servers["none"] = Server("app:create_app()", model_dir, workdir)
+        servers["none"].wait_ready()
+        servers["api_key"] = Server("app:create_app()", model_dir, workdir, **auth)
+        servers["api_key"].wait_ready()
+        servers["jwt"] = servers["api_key"]  # the same server, the other credential
+        headers = {"none": {}, "api_key": {"Authorization": f"Bearer {key}"},
+                   "jwt": {"Authorization": f"Bearer {token}"}}
+        runs: dict[str, list[dict]] = {name: [] for name in headers}
+        names = list(headers)
+        for r in range(rounds):
+            for name in names[r % 3:] + names[:r % 3]:  # each kind goes first once in 3
+                before = workers_cpu_s(servers[name].process.pid)
+                run = wrk(servers[name].port, "/predict?reasons=false", body, duration,
+                          workdir, headers=headers[name])
+                # CPU per request: what the workers spend, whoever else loads the machine.
+                run["cpu_us_per_request"] = 1e6 * (workers_cpu_s(servers[name].process.pid)
+                                                   - before) / (run["requests_per_s"]
+                                                                * duration)
+                runs[name].append(run)
+    finally:
+        for server in set(servers.values()):
+            server.stop()
+        provider.shutdown()
+    best = {name: best_run(r) for name, r in runs.items()}
+    base = best["none"]["requests_per_s"]
+    cpu = {name: min(r["cpu_us_per_request"] for r in runs[name]) for name in runs}
+    for name in ("api_key", "jwt"):
+        best[name]["cost_vs_none"] = 1 - best[name]["requests_per_s"] / base
+        best[name]["cpu_cost_vs_none"] = cpu[name] / cpu["none"] - 1
+    return {**best, "cpu_us_per_request": cpu, "rounds": runs,
+            "met": {"api_key_cost": best["api_key"]["cost_vs_none"] <= 0.05,
+                    "jwt_cost": best["jwt"]["cost_vs_none"] <= 0.10}}
+
+
+def jwks_provider():
+    """A JWKS of a fresh RSA key on a local HTTP server: (server, issuer URL, a token for
+    audience ``bench`` with the ``score`` scope)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks = json.dumps({"keys": [{**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(
+        signer.public_key())), "kid": "bench", "use": "sig"}]}).encode()
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(jwks)))
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    Thread(target=server.serve_forever, daemon=True).start()
+    issuer = f"http://127.0.0.1:{server.server_port}"
+    token = jwt.encode({"iss": issuer, "aud": "bench", "sub": "bench", "scope": "score",
+                        "exp": int(time.time()) + 3600}, signer, "RS256",
+                       headers={"kid": "bench"})
+    return server, issuer, token
+
+
+def auth_in_process(model_dir: Path, workdir: Path, blocks: int = 15,
+                    per_block: int = 200) -> dict:
+    """h. without the HTTP server: one app per credential kind (Flask test client), blocks
+    of ``per_block`` single-record /predict calls interleaved across the kinds; the
+    block of least CPU time of each is its cost (robust on a shared, loaded machine,
+    where throughput varies by tens of percent between runs). Returns µs per request."""
+    from app import create_app
+    from app.auth import SCOPES
+    from app.auth_keys import create_key
+
+    provider, issuer, token = jwks_provider()
+    keys_file = str(workdir / "keys-in-process.yaml")
+    key = create_key(keys_file, "bench", SCOPES)
+    base = {"MODEL_DIR": str(model_dir), "RATELIMIT_PREDICT": "1000000/second",
+            "LOG_LEVEL": "WARNING"}
+    plain = create_app({**base, "AUTH_REQUIRED": False,
+                        "DATABASE_URL": f"sqlite:///{workdir / 'plain.db'}"})
+    secured = create_app({**base, "DATABASE_URL": f"sqlite:///{workdir / 'secured.db'}",
+                          "API_KEYS_FILE": keys_file, "OIDC_ISSUER": issuer,
+                          "OIDC_AUDIENCE": "bench", "OIDC_JWKS_URL": issuer + "/jwks"})
+    kinds = {"none": (plain, {}), "api_key": (secured, {"Authorization": f"Bearer {key}"}),
+             "jwt": (secured, {"Authorization": f"Bearer {token}"})}
+    body = read_card(model_dir)["example"]
+    best = {name: float("inf") for name in kinds}
+    with open(os.devnull, "w") as sink:
+        stdout, sys.stdout = sys.stdout, sink  # the request lines
+        try:
+            for _ in range(blocks):
+                for name, (app, headers) in kinds.items():
+                    client = app.test_client()
+                    # CPU time of this thread: time spent preempted by other load is not
+                    # counted (the store's writer thread is not either, for every kind).
+                    started = time.thread_time()
+                    for _ in range(per_block):
+                        assert client.post("/predict?reasons=false", json=body,
+                                           headers=headers).status_code == 200
+                    best[name] = min(best[name], (time.thread_time() - started) / per_block)
+        finally:
+            sys.stdout = stdout
+            provider.shutdown()
+    return {"us_per_request": {k: v * 1e6 for k, v in best.items()},
+            "cost_vs_none": {k: best[k] / best["none"] - 1 for k in ("api_key", "jwt")}}
+
+
+def workers_cpu_s(master: int) -> float:
+    """User + system CPU seconds of the master's worker processes so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in children(master):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def print_auth(result: dict) -> None:
+    """h. as lines: req/s, latency and cost of each credential."""
+    for name, label in (("none", "no auth"), ("api_key", "API key"), ("jwt", "OIDC JWT")):
+        s = result[name]
+        cost = (f", cost {s['cost_vs_none']:+.1%} (req/s), {s['cpu_cost_vs_none']:+.1%} "
+                "(CPU per request)" if "cost_vs_none" in s else "")
+        cost = f", {result['cpu_us_per_request'][name]:.0f} us CPU/request" + cost
+        print(f"h. /predict?reasons=false, {label}: {s['requests_per_s']:.0f} req/s, "
+              f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, non-2xx {s['non_2xx']}"
+              f"{cost}")
+    if "in_process" in result:
+        ip = result["in_process"]
+        print("h. in process, CPU per request (least of the blocks): " + ", ".join(
+            f"{k} {v:.0f} us" for k, v in ip["us_per_request"].items()) + "; cost " + ", ".join(
+            f"{k} {v:+.1%}" for k, v in ip["cost_vs_none"].items()))
+    print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}"
+                                  for k, v in result["met"].items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every scenario, print the table, write the JSON; non-zero if a target is missed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -258,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2,
                         help="wrk runs per scenario, interleaved; the best one is reported")
+    parser.add_argument("--auth-only", action="store_true",
+                        help="run only h. (the cost of access control)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -266,11 +428,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_dir = ensure_model(args.model_dir, workdir)
         load_before = os.getloadavg()
+        auth = auth_costs(model_dir, workdir, args.duration, args.rounds)
+        auth["in_process"] = auth_in_process(model_dir, workdir)
+        if args.auth_only:
+            print_auth(auth)
+            print(f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+            return 0 if all(auth["met"].values()) else 1
         measured = run_all(model_dir, workdir, args.duration, args.rounds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = build_report(measured, read_card(model_dir), args, load_before)
+    report["figures"]["auth"] = auth
+    report["met"].update(auth["met"])
     print_table(report)
+    print_auth(auth)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten {RESULTS.relative_to(ROOT)}")

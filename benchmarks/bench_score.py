@@ -1,15 +1,18 @@
-"""Batch scoring throughput: ``score_csv`` against a naive pandas pipeline, CSV to CSV.
+"""Batch scoring throughput: ``score_file`` against a naive pandas pipeline, in one run.
 
 Makes a portfolio by resampling the German data's lines (1M rows by default, in a
-temporary directory), then times, in the same run:
+temporary directory), writes it as CSV and as Parquet, then times in the same run:
 
-* baseline: ``pd.read_csv(dtype=str)`` → ``validate_frame`` → ``model.predict_proba``
-  → decision and grade columns → ``to_csv`` (what one would write first);
-* ``score_csv`` without reasons (the ≥ 200k rows/s target), best of ``--repeat``;
-  the baseline runs on the first ``--baseline-rows`` only (it is ~7x slower);
-* ``score_csv`` with reasons, on a slice (``--reasons-rows``) to keep the run short.
+* baseline: ``pd.read_csv(dtype=str)`` → ``validate_frame`` → sklearn ``predict_proba``
+  → decision and grade columns → ``to_csv`` (what one would write first), once;
+* ``score_file`` CSV → CSV without reasons, best of ``--repeat``;
+* ``score_file`` Parquet → Parquet without reasons, best of ``--repeat``;
+* ``score_file`` CSV → CSV with reasons, best of ``--repeat`` (on ``--reasons-rows``).
 
-    python benchmarks/bench_score.py [--model DIR] [--rows 1000000]
+Targets (issue 13): CSV ≥ 250k rows/s and ≥ 10x the baseline; Parquet at least as fast
+as CSV; with reasons ≥ 40k rows/s.
+
+    python benchmarks/bench_score.py [--model DIR] [--rows 1000000] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -21,14 +24,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
-from ml.serving.artifact import library_versions, save_artifact
+from ml.batch.score import score_file
+from ml.serving.artifact import library_versions
+from ml.serving.predictor import Predictor
 from ml.spec.config import DEFAULT_DATA, DEFAULT_SPEC
+from ml.spec.schema import CATEGORICAL, DatasetSpec
 from ml.training.data import load_dataset, validate_frame
 from ml.training.pipeline import build_pipeline
-from ml.serving.predictor import Predictor
-from ml.spec.schema import CATEGORICAL, DatasetSpec
-from ml.batch.score import score_csv
+from ml.training.publish import load_artifact, save_artifact
 
 GRADES = [{"grade": g, "max_pd": b} for g, b in
           zip("ABCDEF", (0.05, 0.10, 0.20, 0.35, 0.50, 1.0))]
@@ -63,12 +70,13 @@ def make_model(directory: Path) -> Path:
     return save_artifact(model, card, directory)
 
 
-def naive(predictor: Predictor, src: Path, out: Path) -> float:
-    """The straightforward pandas version; returns seconds."""
+def naive(model_dir: Path, predictor: Predictor, src: Path, out: Path) -> float:
+    """The straightforward pandas and sklearn version; returns seconds (model load excluded)."""
+    model = load_artifact(model_dir).model
     start = time.perf_counter()
     frame = pd.read_csv(src, dtype=str, keep_default_na=False, skipinitialspace=True)
     X, _ = validate_frame(frame, predictor.spec, require_target=False)
-    p = predictor.artifact.model.predict_proba(X)[:, 1]
+    p = model.predict_proba(X)[:, 1]
     frame["probability_of_default"] = p
     frame["decision"] = np.where(p >= predictor.threshold, "decline", "approve")
     frame["risk_grade"] = [predictor.grade(v) for v in p]
@@ -84,49 +92,93 @@ def head(src: Path, dst: Path, rows: int) -> None:
             fout.write(line)
 
 
+def best(predictor: Predictor, src: Path, out: Path, repeat: int, reasons: bool,
+         chunksize: int) -> dict:
+    runs = [score_file(None, src, out, predictor=predictor, progress=False, reasons=reasons,
+                       chunksize=chunksize) for _ in range(repeat)]
+    return max(runs, key=lambda r: r["rows_per_second"])
+
+
+def stages(predictor: Predictor, src: Path, out: Path, chunksize: int) -> None:
+    """Seconds of each stage of a CSV run without reasons, one stage at a time, one thread."""
+    from ml.batch.files import Sink, open_source
+    from ml.batch.score import _Scorer
+
+    spent = dict.fromkeys(("read and UTF-8 check", "convert and score", "write"), 0.0)
+    reader = open_source(src, "csv", chunksize)
+    scorer = _Scorer(predictor, reader.names, reasons=False)
+    sink = Sink(out, "csv", scorer.output_schema(reader.schema))
+    batches = iter(reader)
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        spent["read and UTF-8 check"] += time.perf_counter() - start
+        if batch is None:
+            break
+        start = time.perf_counter()
+        table, _ = scorer.score(batch)
+        spent["convert and score"] += time.perf_counter() - start
+        start = time.perf_counter()
+        sink.write(table)
+        spent["write"] += time.perf_counter() - start
+    sink.close()
+    reader.close()
+    total = sum(spent.values())
+    print("stages of a CSV run, one at a time: " + ", ".join(
+        f"{name} {seconds:.2f} s ({seconds / total:.0%})" for name, seconds in spent.items()))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--model", type=Path, help="artifact or models dir (default: a new LR)")
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--reasons-rows", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--baseline-rows", type=int, default=200_000,
-                        help="rows for the (slow) naive baseline")
+    parser.add_argument("--reasons-rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--chunksize", type=int, default=25_000, help="records per batch")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the naive baseline (to compare batch sizes quickly)")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time the stages of a CSV run one at a time")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = args.model or make_model(tmp / "models")
-        predictor = Predictor.load(model_dir, sklearn=True)
+        predictor = Predictor.load(model_dir)
         src = tmp / "portfolio.csv"
         make_portfolio(src, args.rows)
-        size = src.stat().st_size
-        print(f"{args.rows:,} rows, {size / 1e6:.0f} MB; model {predictor.fast.kind} "
-              f"({predictor.version}); load average "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
+        # A Parquet export as a warehouse writes one: numbers typed, text as text.
+        pq.write_table(pacsv.read_csv(src), tmp / "portfolio.parquet")
+        print(f"{args.rows:,} rows, CSV {src.stat().st_size / 1e6:.0f} MB, Parquet "
+              f"{(tmp / 'portfolio.parquet').stat().st_size / 1e6:.0f} MB; model "
+              f"{predictor.fast.kind} ({predictor.version}); pyarrow {pa.__version__}; load "
+              f"average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
 
-        base_rows = min(args.baseline_rows, args.rows)
-        head(src, tmp / "base.csv", base_rows)
-        base = naive(predictor, tmp / "base.csv", tmp / "naive.csv")
-        base_rate = base_rows / base
-        print(f"naive pandas read_csv → predict_proba → to_csv  {base:7.2f} s "
-              f"{base_rate:>10,.0f} rows/s  (on the first {base_rows:,} rows)")
-
-        runs = [score_csv(None, src, tmp / "out.csv", predictor=predictor, progress=False,
-                          reasons=False) for _ in range(args.repeat)]
-        best = max(runs, key=lambda r: r["rows_per_second"])
-        speedup = best["rows_per_second"] / base_rate
-        print(f"score_csv, no reasons (best of {args.repeat})            "
-              f"{best['seconds']:7.2f} s {best['rows_per_second']:>10,.0f} rows/s "
-              f"({speedup:.1f}x the baseline)")
-
+        if args.no_baseline:
+            base_rate = float("nan")
+        else:
+            base = naive(model_dir, predictor, src, tmp / "naive.csv")
+            base_rate = args.rows / base
+            print(f"naive pandas read_csv → predict_proba → to_csv    {base:7.2f} s "
+                  f"{base_rate:>10,.0f} rows/s")
+        csv_run = best(predictor, src, tmp / "out.csv", args.repeat, False, args.chunksize)
+        parquet_run = best(predictor, tmp / "portfolio.parquet", tmp / "out.parquet",
+                           args.repeat, False, args.chunksize)
         part = tmp / "part.csv"
         head(src, part, args.reasons_rows)
-        with_reasons = score_csv(None, part, tmp / "out_r.csv", predictor=predictor,
-                                 progress=False, reasons=True)
-        print(f"score_csv, with reasons ({args.reasons_rows:,} rows)         "
-              f"{with_reasons['seconds']:7.2f} s "
-              f"{with_reasons['rows_per_second']:>10,.0f} rows/s")
+        reasons_run = best(predictor, part, tmp / "out_r.csv", args.repeat, True,
+                           args.chunksize)
+        for label, run in (("CSV → CSV, no reasons", csv_run),
+                           ("Parquet → Parquet, no reasons", parquet_run),
+                           (f"CSV → CSV, reasons ({args.reasons_rows:,} rows)", reasons_run)):
+            rate = run["rows_per_second"]
+            print(f"score_file {label:38s} {run['seconds']:7.2f} s {rate:>10,.0f} rows/s "
+                  f"({rate / base_rate:.1f}x the baseline; best of {args.repeat}; "
+                  f"{args.chunksize:,}-record batches)")
+        if args.stages:
+            stages(predictor, src, tmp / "stages.csv", args.chunksize)
+        if args.no_baseline:
+            return
         check = pd.read_csv(tmp / "out.csv", usecols=["probability_of_default"],
                             nrows=1000)["probability_of_default"].to_numpy()
         reference = pd.read_csv(tmp / "naive.csv", usecols=["probability_of_default"],

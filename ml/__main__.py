@@ -13,7 +13,7 @@ import sys
 # the command imported that module (none of them can be raised otherwise), so that the
 # monitor job does not load the training stage (and pandas) just to name its error.
 USER_ERRORS = (("ml.training.data", "DataError"), ("ml.spec.schema", "SpecError"),
-               ("ml.serving.artifact", "ArtifactError"))
+               ("ml.serving.errors", "ArtifactError"))
 
 COMMANDS = {
     "spec": ("ml.training.draft", "draft a dataset spec for a new CSV, to review"),
@@ -23,6 +23,9 @@ COMMANDS = {
     "monitor": ("ml.monitoring.monitor", "drift and outcome report of the prediction store"),
     "retrain": ("ml.training.retrain",
                 "train a challenger with fed-back outcomes; promote if better"),
+    "resign": ("ml.training.publish",
+               "a new signed version of an artifact with a new threshold or grade table"),
+    "keygen": ("ml.training.keygen", "generate an Ed25519 key pair for signing artifacts"),
 }
 
 

@@ -18,6 +18,7 @@ from app import create_app
 from app.auth import SCOPES
 from app.auth_keys import create_key
 from helpers import CHROMEDRIVER, CHROMIUM, CLIENT_HEADERS, browser_or_skip
+from ml.serving import signing
 from ml.serving.artifact import read_card
 from ml.spec import config
 from ml.spec.schema import DatasetSpec
@@ -65,6 +66,25 @@ def credentials(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def signing_keys(tmp_path_factory):
+    """A test key pair: the trainer signs with it and every loader trusts it (through the
+    environment, so subprocesses and real gunicorn servers do too). Returns the paths
+    ``(private key, trusted keys dir)``."""
+    keys = tmp_path_factory.mktemp("keys")
+    signing.generate_key_pair(keys / "signing.pem", keys / "trusted" / "test.pub")
+    saved = {name: os.environ.get(name) for name in (signing.SIGNING_KEY_FILE_ENV,
+                                                     signing.TRUSTED_KEYS_ENV)}
+    os.environ[signing.SIGNING_KEY_FILE_ENV] = str(keys / "signing.pem")
+    os.environ[signing.TRUSTED_KEYS_ENV] = str(keys / "trusted")
+    yield keys / "signing.pem", keys / "trusted"
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_openmp_thread():
     """HistGradientBoosting's OpenMP threads spin against other jobs on a busy 2-CPU box
     (fits took 60 s instead of 1 s); one thread keeps the tests fast anywhere."""
@@ -85,7 +105,7 @@ def dataset(spec):
 
 
 @pytest.fixture(scope="session")
-def trained_model_dir(tmp_path_factory):
+def trained_model_dir(tmp_path_factory, signing_keys):
     """A models dir (with LATEST) holding a quick real artifact: logistic regression only."""
     out = tmp_path_factory.mktemp("models")
     train(TrainOptions(out=out, families=("logistic_regression",), cv_repeats=1, n_jobs=1,
@@ -94,7 +114,7 @@ def trained_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def full_training(tmp_path_factory):
+def full_training(tmp_path_factory, signing_keys):
     """The default training run, all families and 5x5 CV: (artifact dir, card)."""
     return train(TrainOptions(out=tmp_path_factory.mktemp("full")))
 

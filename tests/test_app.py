@@ -91,8 +91,8 @@ def _failing_self_test(src, dst):
 
 @pytest.mark.parametrize("make_dir,reason", [
     (lambda src, dst: dst, "no model artifact"),
-    (_tampered("model.joblib"), "SHA-256"),
-    (_tampered("fast_model.pkl"), "SHA-256"),
+    (_tampered("model.joblib"), "model.joblib differs from the signed manifest"),
+    (_tampered("compiled_model.npz"), "compiled_model.npz differs from the signed manifest"),
     (_failing_self_test, ""),
 ], ids=["missing", "tampered_sklearn_pickle", "tampered_compiled_model", "self_test_fails"])
 def test_app_starts_without_a_usable_model_and_says_why(tmp_path, trained_model_dir, make_app,

@@ -560,7 +560,33 @@ def test_html_pages_carry_a_strict_csp_and_json_is_not_stored(client, keys):
         assert client.get(path, headers=headers).headers["Cache-Control"] == "no-store"
 
 
-def test_a_wrong_method_on_a_probe_is_405_for_anyone_elsewhere_401_first(client, keys):
+def test_a_wrong_method_on_a_probe_is_405_for_anyone_elsewhere_auth_comes_first(client, keys):
     assert_error(client.post("/ready"), 405)
     assert_error(client.get("/predict"), 401)
-    assert_error(client.get("/predict", headers=bearer(keys[1]["watcher"])), 405)
+    assert_error(client.get("/predict", headers=bearer(keys[1]["watcher"])), 403,
+                 "insufficient_scope")  # a route's scope covers all its methods
+    assert_error(client.get("/predict", headers=bearer(keys[1]["full"])), 405)
+
+
+def test_a_table_from_before_gets_the_identity_columns_and_old_rows_keep_their_id(tmp_path):
+    from ml.monitoring.store import PredictionStore
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # the table as the first release made it
+        conn.exec_driver_sql(
+            "CREATE TABLE predictions (id INTEGER PRIMARY KEY, request_id VARCHAR(128) NOT "
+            "NULL, item INTEGER NOT NULL, batch BOOLEAN NOT NULL, created_at DATETIME NOT "
+            "NULL, model_name VARCHAR(128) NOT NULL, model_version VARCHAR(64) NOT NULL, "
+            "features TEXT NOT NULL, probability_of_default FLOAT NOT NULL, decision "
+            "VARCHAR(16) NOT NULL, outcome VARCHAR(64), labelled_at DATETIME)")
+        conn.exec_driver_sql(
+            "INSERT INTO predictions (request_id, item, batch, created_at, model_name, "
+            "model_version, features, probability_of_default, decision) VALUES ('old-1', 0, "
+            "0, '2026-01-01 00:00:00', 'm', 'v', '{}', 0.2, 'approve')")
+    engine.dispose()
+    store = PredictionStore(url, write="sync")
+    assert store.label("old-1", 0, "good", by="key:bob", owner="key:bob") == ("unknown", None)
+    state, row = store.label("old-1", 0, "good", by="key:auditor")
+    assert state == "created" and row["client"] is None and row["labelled_by"] == "key:auditor"
+    store.dispose()

@@ -199,9 +199,8 @@ def test_api_image_copies_only_what_serving_needs():
             sources.add((f"{stage[1]}:" if stage else "") + source.rstrip("/"))
     assert sources == {"ml", "app", "gunicorn.conf.py", "data",
                        "trainer:/opt/app-root/src/models",
-                       "native:/opt/app-root/src/ml/serving/_treewalk.*.so",
-                       "native:/opt/app-root/src/ml/batch/_csvbytes.*.so"}
-    # The compiler stays in the native stage: it builds the C modules from setup.py only.
+                       "native:/opt/app-root/src/ml/serving/_treewalk.*.so"}
+    # The compiler stays in the native stage: it builds the C module from setup.py only.
     native = dockerfile_stages()["native"]
     assert native[0][1].startswith("deps ")
     assert "python setup.py build_ext --inplace" in instructions(native, "RUN")
@@ -257,13 +256,12 @@ def test_dockerignore_sends_only_code_and_embedded_data_to_the_builder():
                 if line.strip() and not line.startswith("#")]
     for kept in ("requirements.txt", "gunicorn.conf.py", "ml/training/train.py",
                  "app/__init__.py", "data/german_credit.csv", "setup.py",
-                 "ml/serving/_treewalk.c", "ml/batch/_csvbytes.c"):
+                 "ml/serving/_treewalk.c"):
         assert not dockerignored(kept, patterns), f"{kept} must reach the build"
     for dropped in (".git/config", ".venv/bin/python", "models/LATEST", "tests/test_deploy.py",
                     ".env", "app/__pycache__/api.cpython-311.pyc", "k8s/base/deployment.yaml",
                     "coverage.xml", "reports/x.json", ".github/workflows/cd.yml",
-                    "ml/serving/_treewalk.cpython-311-x86_64-linux-gnu.so",
-                    "ml/batch/_csvbytes.cpython-311-x86_64-linux-gnu.so"):
+                    "ml/serving/_treewalk.cpython-311-x86_64-linux-gnu.so"):
         assert dockerignored(dropped, patterns), f"{dropped} must stay out of the build context"
 
 
@@ -624,8 +622,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def get(url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+def get(url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -738,6 +739,14 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy2(ROOT / "gunicorn.conf.py", src)
         shutil.copytree(model_dir, src / "models")
+        # The trusted public key, mounted from a ConfigMap in the cluster (docs/deploy.md,
+        # "Signing"): here the session's test key that signed the artifact.
+        shutil.copytree(os.environ["MODEL_TRUSTED_KEYS"], src / "trusted-keys")
+        # The API key file, as the pod mounts it from a Secret (auth is on by default).
+        from app.auth_keys import create_key
+
+        keys_file = src / "secrets" / "api-keys.yaml"
+        key = create_key(str(keys_file), "smoke", ["score"])
         for path in [sandbox, sandbox / "app-root", *src.rglob("*"), src]:
             os.chown(path, 1001, 0, follow_symlinks=False)
             mode = path.stat().st_mode
@@ -759,6 +768,8 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
         env.update({k: in_image(v) for k, v in api_env().items()})
         env.update({k: in_image(v) for k, v in config.items()})
         env["PORT"] = str(port)
+        env["API_KEYS_FILE"] = str(keys_file)
+        env.setdefault("MODEL_TRUSTED_KEYS", str(src / "trusted-keys"))
         command = api_command()
         assert command[0] == "gunicorn" and (BIN / "gunicorn").is_file()
 
@@ -798,8 +809,10 @@ def test_image_command_serves_ready_as_a_random_uid_on_a_read_only_tree(request)
             assert status == 200, (f"/ready answered {status} {body[:2000]!r}; server log:\n"
                                    + log.read_text()[:4000])
             assert get(f"http://127.0.0.1:{port}/health_check")[0] == 200
-            example = json.loads(get(f"http://127.0.0.1:{port}/model")[1])["example"]
-            status, body = get(f"http://127.0.0.1:{port}/predict", json.dumps(example).encode())
+            assert get(f"http://127.0.0.1:{port}/model")[0] == 401
+            example = json.loads(get(f"http://127.0.0.1:{port}/model", key=key)[1])["example"]
+            status, body = get(f"http://127.0.0.1:{port}/predict", json.dumps(example).encode(),
+                               key)
             assert status == 200, body
 
             # The first worker can answer before gunicorn has forked the last one.

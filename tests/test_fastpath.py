@@ -1,8 +1,10 @@
-"""The compiled fast path gives sklearn's probabilities, for every family the trainer can pick."""
+"""The compiled model gives sklearn's probabilities, for every family the trainer can pick,
+as compiled and as read back from its model files (JSON + npz)."""
 from __future__ import annotations
 
+import io
+import json
 import os
-import pickle
 import sys
 import threading
 import time
@@ -21,16 +23,19 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
-from ml.serving import fastpath
+from ml.serving import modelfile, trees
+from ml.serving.errors import UnsupportedModelError
 from ml.spec.config import DEFAULT_DATA
-from ml.training.data import load_dataset, read_raw
-from ml.serving.fastpath import LARGE_BATCH, UnsupportedModelError, check_against, compile_model
+from ml.training.compile import check_against, compile_model, predict_frame, raw_from_frame
+from ml.training.data import load_dataset, read_raw, records_to_frame
 from ml.training.pipeline import build_blend, build_pipeline
-from ml.serving.predictor import records_to_frame
 from ml.spec.schema import CATEGORICAL, DatasetSpec
 from ml.training.train import record_from_row
 
 TOLERANCE = 1e-9
+# Batches of fewer rows than this once took another tree walk: kept as the batch size of
+# the "small batches" checks, so each walk strategy still sees several batch sizes.
+SMALL_BATCH = 255
 # Small but representative settings: the whole file must stay fast on 2 cores.
 FAMILIES = {
     "logistic_regression": {"model__C": 0.3},
@@ -118,11 +123,10 @@ def test_matches_predict_proba_on_every_row(models, full, blanked, spec, family,
     model = models(family, calibration, variant)
     fast = compile_model(model)
     expected = model.predict_proba(X)[:, 1]
-    from_frame = fast.predict_frame(X)
+    from_frame = predict_frame(fast, X)
     from_records = fast.predict_records(records_of(X, spec))
-    # Smaller batches take the numpy tree walk (large forest batches use sklearn's).
-    step = LARGE_BATCH - 1
-    in_small_batches = np.concatenate([fast.predict_frame(X.iloc[i:i + step])
+    step = SMALL_BATCH
+    in_small_batches = np.concatenate([predict_frame(fast, X.iloc[i:i + step])
                                        for i in range(0, len(X), step)])
     assert np.max(np.abs(from_frame - expected)) <= TOLERANCE
     assert np.max(np.abs(from_records - expected)) <= TOLERANCE
@@ -131,18 +135,19 @@ def test_matches_predict_proba_on_every_row(models, full, blanked, spec, family,
 
 @pytest.mark.parametrize("calibration", CALIBRATIONS)
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_the_pickled_model_a_server_loads_matches_predict_proba(
+def test_the_model_files_a_server_loads_match_predict_proba(
         models, full, spec, family, calibration):
     """What ``save_artifact`` writes for serving: no sklearn objects, same probabilities."""
     model = models(family, calibration, "full")
     X = full[0]
-    fast = pickle.loads(pickle.dumps(compile_model(model)))
+    files = modelfile.dump(compile_model(model))
+    fast = modelfile.load(*files)
     expected = model.predict_proba(X)[:, 1]
     baseline = fast.baseline(records_of(X.head(1), spec)[0])
-    assert np.max(np.abs(fast.predict_frame(X) - expected)) <= TOLERANCE
+    assert np.max(np.abs(predict_frame(fast, X) - expected)) <= TOLERANCE
     assert np.max(np.abs(fast.predict_records(records_of(X, spec)) - expected)) <= TOLERANCE
-    assert np.max(np.abs(fast.predict_frame(X, baseline)[:, 0] - expected)) <= TOLERANCE
-    assert b"sklearn" not in pickle.dumps(fast)
+    assert np.max(np.abs(predict_frame(fast, X, baseline)[:, 0] - expected)) <= TOLERANCE
+    assert b"sklearn" not in b"".join(files)
 
 
 @pytest.mark.parametrize("rows", [3, 40])
@@ -228,23 +233,25 @@ def test_baseline_rows_swap_exactly_one_feature(models, full, spec, family, cali
 @pytest.mark.parametrize("variant", ["full", "blanked"])
 @pytest.mark.parametrize("name", list(BLENDS))
 def test_a_blend_matches_predict_proba_on_every_row(blends, full, blanked, spec, name, variant):
-    """Frames, records, small batches and the pickle a server loads all give the vote's PD."""
+    """Frames, records, small batches and the model files a server loads all give the vote's
+    PD."""
     X, row_spec = (full[0], spec) if variant == "full" else (blanked[0], blanked[2])
     model = blends(name, variant)
     fast = compile_model(model)
     assert len(fast.members) == len(BLENDS[name])
     assert fast.kind == "blend:" + "+".join(BLENDS[name])
     expected = model.predict_proba(X)[:, 1]
-    served = pickle.loads(pickle.dumps(fast))
+    files = modelfile.dump(fast)
+    served = modelfile.load(*files)
     records = records_of(X, row_spec)
-    step = LARGE_BATCH - 1
-    in_small_batches = np.concatenate([fast.predict_frame(X.iloc[i:i + step])
+    step = SMALL_BATCH
+    in_small_batches = np.concatenate([predict_frame(fast, X.iloc[i:i + step])
                                        for i in range(0, len(X), step)])
     with_reasons = served.predict_records(records, served.baseline(records[0]))
-    for got in (fast.predict_frame(X), fast.predict_records(records), in_small_batches,
-                served.predict_frame(X), served.predict_records(records), with_reasons[:, 0]):
+    for got in (predict_frame(fast, X), fast.predict_records(records), in_small_batches,
+                predict_frame(served, X), served.predict_records(records), with_reasons[:, 0]):
         assert np.max(np.abs(got - expected)) <= TOLERANCE
-    assert b"sklearn" not in pickle.dumps(fast)
+    assert b"sklearn" not in b"".join(files)
 
 
 @pytest.mark.parametrize("name", list(BLENDS))
@@ -371,7 +378,7 @@ def test_ensemble_calibration_averages_its_classifiers(spec, full):
 @pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting"])
 def test_large_batches_give_the_same_result(models, full, family):
     model = models(family, "sigmoid", "full")
-    frame = full[0].sample(LARGE_BATCH + 10, replace=True, random_state=1)
+    frame = full[0].sample(SMALL_BATCH + 11, replace=True, random_state=1)
     fast = compile_model(model)
     assert check_against(model, fast, frame) <= TOLERANCE
 
@@ -381,14 +388,14 @@ def _member(models, family, variant="full"):
     return fast, fast.members[0]
 
 
-@pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
+@pytest.mark.skipif(trees._treewalk is None, reason="the C tree walk is not built")
 @pytest.mark.parametrize("variant", ["full", "blanked"])
 @pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting"])
 def test_native_and_numpy_tree_walks_give_the_same_bits(models, full, blanked, family, variant):
     """The C walk adds the same leaves in the same order as the numpy one, row by row."""
     fast, member = _member(models, family, variant)
     X = full[0] if variant == "full" else blanked[0]
-    z = member.encoder.encode(fast.raw_from_frame(X))
+    z = member.encoder.encode(raw_from_frame(fast, X))
     bank = member.estimator.bank
     assert bank.native is not None
     native = bank.sums(z)
@@ -398,7 +405,7 @@ def test_native_and_numpy_tree_walks_give_the_same_bits(models, full, blanked, f
         assert np.array_equal(bank.sums(z[i:i + 1]), numpy_walk[i:i + 1])
 
 
-@pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
+@pytest.mark.skipif(trees._treewalk is None, reason="the C tree walk is not built")
 @pytest.mark.parametrize("tree", [0, -1], ids=["a full block", "the last block"])
 @pytest.mark.parametrize("damage", ["child", "feature", "root", "short path", "sizes"])
 def test_native_walk_refuses_damaged_nodes_instead_of_reading_past_them(models, damage, tree):
@@ -421,18 +428,18 @@ def test_native_walk_refuses_damaged_nodes_instead_of_reading_past_them(models, 
     else:
         out = np.empty(3)
     with pytest.raises(ValueError):
-        fastpath._treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
+        trees._treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
 
 
-@pytest.mark.skipif(fastpath._treewalk is None, reason="the C tree walk is not built")
+@pytest.mark.skipif(trees._treewalk is None, reason="the C tree walk is not built")
 def test_a_requests_walk_keeps_the_gil_and_a_batchs_releases_it(models, full):
     """Below KEEP_GIL (row, tree) pairs no other thread (the API's store writer) can run in
     the middle of the walk; both sides of the threshold add the same leaves."""
     fast, member = _member(models, "random_forest")
     bank = member.estimator.bank
-    z = member.encoder.encode(fast.raw_from_frame(full[0]))
-    small = fastpath._treewalk.KEEP_GIL // bank.n_trees
-    assert small * bank.n_trees < fastpath._treewalk.KEEP_GIL <= (small + 1) * bank.n_trees
+    z = member.encoder.encode(raw_from_frame(fast, full[0]))
+    small = trees._treewalk.KEEP_GIL // bank.n_trees
+    assert small * bank.n_trees < trees._treewalk.KEEP_GIL <= (small + 1) * bank.n_trees
     expected = bank.leaf_values(z).sum(axis=0)
     for rows in (1, small, small + 1):
         assert np.array_equal(bank.sums(z[:rows]), expected[:rows])
@@ -456,8 +463,7 @@ def test_a_requests_walk_keeps_the_gil_and_a_batchs_releases_it(models, full):
         started.wait()
         before = len(steps)
         for _ in range(200):
-            fastpath._treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out,
-                                          wide)
+            trees._treewalk.sum_leaves(nodes, values, roots, depths, x, x.shape[1], out, wide)
         assert len(steps) == before
     finally:
         stop.set()
@@ -467,16 +473,16 @@ def test_a_requests_walk_keeps_the_gil_and_a_batchs_releases_it(models, full):
 
 def test_the_native_walk_is_built_where_ci_runs():
     """`pip install -e .` compiles ml/serving/_treewalk.c; without it serving is ~5x slower."""
-    if fastpath._treewalk is None and not os.environ.get("CI"):
+    if trees._treewalk is None and not os.environ.get("CI"):
         pytest.skip("the C tree walk is not built (no compiler?); CI must build it")
-    assert fastpath._treewalk is not None
+    assert trees._treewalk is not None
 
 
 @pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting"])
 def test_batches_walked_on_several_threads_at_once_give_the_same_bits(models, full, family):
     """The batch scorer's workers walk their chunks concurrently (without the GIL)."""
     fast, member = _member(models, family)
-    z = member.encoder.encode(fast.raw_from_frame(full[0]))
+    z = member.encoder.encode(raw_from_frame(fast, full[0]))
     z = np.concatenate([z] * 4)
     alone = member.estimator.bank.sums(z)
     with ThreadPoolExecutor(4) as pool:
@@ -493,11 +499,36 @@ def test_a_blends_members_share_one_encoding_and_calibrated_folds_do_not(blends,
         build_pipeline(spec, "logistic_regression", seed=0, params=FAMILIES[
             "logistic_regression"]), method="sigmoid", cv=3, ensemble=True).fit(*full))
     assert calibrated._encoder_of == [0, 1, 2]
-    # A model pickled before encodings were shared gets the table when it is loaded.
-    state = dict(fast.__dict__)
-    del state["_encoder_of"]
-    old = object.__new__(type(fast))
-    old.__setstate__(state)
-    assert old._encoder_of == [0, 0, 0]
+    # The model file stores a shared encoder once; the loaded model shares it again.
+    for compiled, encoders in ((fast, 1), (calibrated, 3)):
+        structure, arrays = modelfile.dump(compiled)
+        assert len(json.loads(structure)["encoders"]) == encoders
+        assert modelfile.load(structure, arrays)._encoder_of == compiled._encoder_of
+    old = modelfile.load(*modelfile.dump(fast))
     X = full[0].head(50)
-    assert np.array_equal(old.predict_frame(X), fast.predict_frame(X))
+    assert np.array_equal(predict_frame(old, X), predict_frame(fast, X))
+
+
+def test_model_files_refuse_pickles_other_formats_and_damage(models, tmp_path):
+    """Reading model files never unpickles: an object array is refused, as is another
+    format or arrays that would make the C walk read past its nodes."""
+    structure, arrays = modelfile.dump(compile_model(models("random_forest", None, "full")))
+    doc = json.loads(structure)
+    with np.load(io.BytesIO(arrays)) as npz:
+        good = {k: npz[k] for k in npz.files}
+
+    def npz_bytes(values):
+        buffer = io.BytesIO()
+        np.savez(buffer, **values)
+        return buffer.getvalue()
+
+    pickled = dict(good, **{"m0.bank.value": np.array([print], dtype=object)})
+    with pytest.raises(modelfile.ModelFileError, match="cannot be read"):
+        modelfile.load(structure, npz_bytes(pickled))
+    with pytest.raises(modelfile.ModelFileError, match="format 2"):
+        modelfile.load(json.dumps({**doc, "format": 2}).encode(), arrays)
+    damaged = dict(good, **{"m0.bank.left": good["m0.bank.left"] + 10 ** 6})
+    with pytest.raises(UnsupportedModelError, match="child index"):
+        modelfile.load(structure, npz_bytes(damaged))
+    with pytest.raises(modelfile.ModelFileError, match="malformed"):
+        modelfile.load(json.dumps({**doc, "members": [{}]}).encode(), arrays)

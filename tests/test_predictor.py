@@ -11,12 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.serving.artifact import (CARD_FILE, Artifact, ArtifactError, library_versions,
-                                 load_artifact, resolve, save_artifact)
+from ml.serving import signing
+from ml.serving.artifact import CARD_FILE, Artifact, library_versions, resolve
+from ml.serving.errors import ArtifactError
+from ml.serving.predictor import MAX_REASONS, OUTPUT_COLUMNS, Predictor
 from ml.spec.config import DEFAULT_DATA
-from ml.training.data import load_dataset, read_raw
+from ml.training.compile import compile_model, score_frame
+from ml.training.data import load_dataset, read_raw, records_to_frame
 from ml.training.pipeline import BLEND, build_model, build_pipeline
-from ml.serving.predictor import MAX_REASONS, OUTPUT_COLUMNS, Predictor, records_to_frame
+from ml.training.publish import load_artifact, save_artifact
 from ml.spec.schema import DatasetSpec
 from ml.training.train import baseline, record_from_row
 
@@ -47,8 +50,8 @@ def make_card(model, X: pd.DataFrame, spec: DatasetSpec, **overrides) -> dict:
 
 
 def make_predictor(model, X, spec, **overrides) -> Predictor:
-    return Predictor(Artifact(model=model, card=make_card(model, X, spec, **overrides),
-                              spec=spec, path=Path(".")))
+    return Predictor(Artifact(card=make_card(model, X, spec, **overrides), spec=spec,
+                              path=Path("."), fast=compile_model(model)))
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +224,7 @@ def test_reasons_are_few_positive_largest_first_and_true(predictors, data, spec,
 def test_predict_frame_agrees_with_predict(predictors, data, spec, family):
     predictor = predictors(family)
     X = data[0].iloc[::7]
-    frame = predictor.predict_frame(X)
+    frame = score_frame(predictor, X)
     assert list(frame.columns) == list(OUTPUT_COLUMNS)
     assert frame.index.equals(X.index)
     results = predictor.predict([record_from_row(r, spec) for _, r in X.iterrows()])
@@ -236,7 +239,7 @@ def test_predict_frame_agrees_with_predict(predictors, data, spec, family):
 
 
 def test_predict_frame_without_reasons_leaves_them_empty(predictor, data):
-    frame = predictor.predict_frame(data[0].head(10), reasons=False)
+    frame = score_frame(predictor, data[0].head(10), reasons=False)
     assert (frame[["reason_1", "reason_4"]] == "").all().all()
 
 
@@ -258,7 +261,7 @@ def test_missing_values_are_imputed_like_the_pipeline(spec, tmp_path):
     assert any(v is None for r in records for v in r.values())
     got = [r["probability_of_default"] for r in predictor.predict(records)]
     assert np.max(np.abs(np.array(got) - model.predict_proba(d.X.head(100))[:, 1])) <= 1e-9
-    assert np.max(np.abs(predictor.predict_frame(d.X)["probability_of_default"].to_numpy()
+    assert np.max(np.abs(score_frame(predictor, d.X)["probability_of_default"].to_numpy()
                          - model.predict_proba(d.X)[:, 1])) <= 1e-9
 
 
@@ -305,7 +308,8 @@ def test_self_test_fails_on_a_tampered_card(fitted, data, spec, tamper, message)
     card = make_card(model, data[0], spec)
     card["self_test"] = json.loads(json.dumps(card["self_test"]))
     tamper(card)
-    predictor = Predictor(Artifact(model=model, card=card, spec=spec, path=Path(".")))
+    predictor = Predictor(Artifact(card=card, spec=spec, path=Path("."),
+                                   fast=compile_model(model)))
     with pytest.raises(ArtifactError, match=message):
         predictor.self_test()
 
@@ -334,18 +338,17 @@ def test_load_reads_a_saved_artifact(fitted, data, spec, tmp_path):
     assert predictor.threshold == 0.3
     assert predictor.grades == GRADES
     assert predictor.spec.feature_names == spec.feature_names
-    assert predictor.card["artifact"]["sha256"]
+    assert predictor.card["artifact"]["compiled_format"] and predictor.signer
     predictor.self_test()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sklearn", [False, True], ids=["compiled", "sklearn"])
-def test_the_trained_artifact_passes_and_matches_sklearn(trained_model_dir, data, sklearn):
-    predictor = Predictor.load(trained_model_dir, sklearn=sklearn)
-    assert (predictor.artifact.model is None) is not sklearn
+def test_the_trained_artifact_passes_and_matches_sklearn(trained_model_dir, data):
+    predictor = Predictor.load(trained_model_dir)
+    assert not hasattr(predictor.artifact, "model")  # the compiled model only
     predictor.self_test()
     expected = load_artifact(trained_model_dir).model.predict_proba(data[0])[:, 1]
-    got = predictor.predict_frame(data[0], reasons=False)["probability_of_default"]
+    got = score_frame(predictor, data[0], reasons=False)["probability_of_default"]
     assert np.max(np.abs(got.to_numpy() - expected)) <= 1e-9
 
 
@@ -354,21 +357,24 @@ def test_serving_never_imports_sklearn_scipy_or_pandas(trained_model_dir):
     code = ("import sys; from ml.serving.predictor import Predictor; "
             f"p = Predictor.load({str(trained_model_dir)!r}); p.self_test(); "
             "p.predict([p.card['example']]); "
-            "print(sorted(m for m in ('sklearn', 'scipy', 'pandas') if m in sys.modules))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('sklearn', 'scipy', 'pandas', 'matplotlib', 'joblib') "
+            "or m.startswith('ml.training')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"
 
 
 def test_a_compiled_model_of_another_layout_is_not_read(trained_model_dir, tmp_path):
-    """An artifact compiled by an older fast path is served from its sklearn pickle."""
+    """An artifact compiled with another model-file format is refused with what to do
+    (no fallback to the sklearn pickle: serving never unpickles)."""
     root = tmp_path / "models"
     shutil.copytree(trained_model_dir, root)
     card_path = resolve(root) / CARD_FILE
     card = json.loads(card_path.read_text())
-    assert Predictor.load(root).artifact.model is None
-    card["artifact"]["fast_format"] = -1
+    assert Predictor.load(root).fast is not None
+    card["artifact"]["compiled_format"] = 2
     card_path.write_text(json.dumps(card))
-    predictor = Predictor.load(root)
-    assert predictor.artifact.model is not None
-    predictor.self_test()
+    signing.sign(resolve(root), signing.signing_key(), CARD_FILE)
+    with pytest.raises(ArtifactError, match="format 2.*resign"):
+        Predictor.load(root)

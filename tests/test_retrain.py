@@ -9,7 +9,8 @@ import pytest
 
 from ml.monitoring.store import PredictionStore
 from ml.__main__ import main
-from ml.serving.artifact import LATEST, load_artifact, read_card
+from ml.serving.artifact import LATEST, read_card
+from ml.training.publish import load_artifact
 from ml.training.retrain import outcomes_frame
 from ml.training.train import record_from_row
 
@@ -55,7 +56,7 @@ def test_retrain_promotes_only_when_the_challenger_beats_the_margin(models, labe
     latest = (models / LATEST).read_text().strip()
     if promoted:
         assert latest == report["new_version"] != champion
-        artifact = load_artifact(models)  # hash-checked, loadable
+        artifact = load_artifact(models)  # signature-checked, loadable
         assert artifact.card["data"]["feedback_rows"] == 210
         assert artifact.card["retrain"]["champion"] == champion
         assert artifact.card["threshold"] == read_card(models / champion)["threshold"]

@@ -1,22 +1,28 @@
-"""The batch scorer: the same scores as the predictor, bad rows reported, any CSV shape."""
+"""The batch scorer: the same scores as the predictor, bad rows reported, CSV and Parquet."""
 from __future__ import annotations
 
 import csv
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from ml.serving.artifact import library_versions, save_artifact
+from ml.serving.artifact import library_versions
+from ml.training.compile import score_frame
+from ml.training.publish import save_artifact
 from ml.spec.config import DEFAULT_DATA
 from ml.training.data import load_dataset, read_raw
 from ml.training.pipeline import build_pipeline
 from ml.serving.predictor import OUTPUT_COLUMNS, Predictor
 from ml.spec.schema import CATEGORICAL
+from ml.batch import columns as columns_module
 from ml.batch import score as score_module
-from ml.batch.score import main, score_csv
+from ml.batch.score import main, score_file
 
 GRADES = [{"grade": "A", "max_pd": 0.05}, {"grade": "B", "max_pd": 0.10},
           {"grade": "C", "max_pd": 0.20}, {"grade": "D", "max_pd": 0.35},
@@ -59,12 +65,12 @@ def read_out(path: Path) -> pd.DataFrame:
 
 def score(predictor, src, out, **kwargs):
     kwargs.setdefault("progress", False)
-    return score_csv(None, src, out, predictor=predictor, **kwargs)
+    return score_file(None, src, out, predictor=predictor, **kwargs)
 
 
 def expected_scores(predictor, spec, raw_frame) -> pd.DataFrame:
     data = load_dataset_from_frame(raw_frame, spec)
-    return predictor.predict_frame(data)
+    return score_frame(predictor, data)
 
 
 def load_dataset_from_frame(raw_frame, spec):
@@ -192,12 +198,8 @@ def write_awkward(raw: pd.DataFrame, path: Path, blank_line: bool) -> pd.DataFra
     return rows
 
 
-@pytest.mark.parametrize("blank_line", [False, True], ids=["fast tokenizer", "csv module"])
-def test_an_awkward_csv_scores_the_same(predictor, spec, raw, tmp_path, monkeypatch,
-                                        blank_line):
-    from ml.batch.score import _Chunker
-    if not blank_line:  # this one the fast tokenizer must take itself
-        monkeypatch.setattr(_Chunker, "_score_slow", None)
+@pytest.mark.parametrize("blank_line", [False, True], ids=["no blank line", "blank line"])
+def test_an_awkward_csv_scores_the_same(predictor, spec, raw, tmp_path, blank_line):
     rows = write_awkward(raw, tmp_path / "in.csv", blank_line)
     summary = score(predictor, tmp_path / "in.csv", tmp_path / "out.csv")
     assert (summary["rows"], summary["rejected"]) == (20, 0)
@@ -276,83 +278,232 @@ def write_mixed(raw: pd.DataFrame, path: Path, crlf: bool) -> None:
     rows.to_csv(path, index=False, lineterminator="\r\n" if crlf else "\n")
 
 
-@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/batch/_csvbytes.c is not built")
 @pytest.mark.parametrize("crlf", [False, True], ids=["LF", "CRLF"])
-@pytest.mark.parametrize("limit", [100_000, 3], ids=["cache", "cache full"])
+@pytest.mark.parametrize("limit", [200_000, 3], ids=["cache", "cache full"])
 @pytest.mark.parametrize("chunksize", [50_000, 7])
-def test_the_c_and_numpy_byte_work_write_the_same_files(predictor, raw, tmp_path, monkeypatch,
-                                                        crlf, limit, chunksize):
-    """ml/batch/_csvbytes.c (split, lookup, splice) against the numpy versions it replaces."""
+def test_line_endings_cache_and_batches_do_not_change_the_files(predictor, raw, tmp_path,
+                                                                monkeypatch, crlf, limit,
+                                                                chunksize):
+    """The same records, bad ones included, scored with other line ends, a full cell cache
+    (cells read per batch) and small batches give the same files."""
     write_mixed(raw, tmp_path / "in.csv", crlf)
-    monkeypatch.setattr(score_module._ColumnCache, "LIMIT", limit)
-    native = score(predictor, tmp_path / "in.csv", tmp_path / "c.csv", chunksize=chunksize)
-    monkeypatch.setattr(score_module, "_csvbytes", None)
-    numpy = score(predictor, tmp_path / "in.csv", tmp_path / "np.csv", chunksize=chunksize)
-    assert (native["rows"], native["rejected"]) == (numpy["rows"], numpy["rejected"]) == (300, 4)
-    assert (tmp_path / "c.csv").read_bytes() == (tmp_path / "np.csv").read_bytes()
-    assert Path(native["errors"]).read_bytes() == Path(numpy["errors"]).read_bytes()
+    reference = score(predictor, tmp_path / "in.csv", tmp_path / "ref.csv")
+    monkeypatch.setattr(columns_module.ColumnReader, "LIMIT", limit)
+    got = score(predictor, tmp_path / "in.csv", tmp_path / "got.csv", chunksize=chunksize)
+    assert (got["rows"], got["rejected"]) == (reference["rows"], reference["rejected"]) == (300, 4)
+    assert (tmp_path / "ref.csv").read_bytes() == (tmp_path / "got.csv").read_bytes()
+    errors = read_out(Path(got["errors"]))
+    assert errors["row"].tolist() == ["6", "10", "11", "78"]
+    # row 11 holds a quoted newline: row 78 starts one line later than its number says
+    assert errors["line"].tolist() == ["7", "11", "12", "80"]
+    assert Path(reference["errors"]).read_bytes() == Path(got["errors"]).read_bytes()
 
 
-@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/batch/_csvbytes.c is not built")
-@pytest.mark.parametrize("block, ncols, expected", [
-    (b"a,b\n", 2, [[0, 2], [1, 3], [4]]),
-    (b'"x,\n",b\r\n', 2, [[0, 6], [5, 7], [9]]),
-    (b"a,b\n\nc,d\n", 2, None),  # blank line
-    (b"a,b,c\n", 2, None),  # ragged
-    (b'"a,b\n', 2, None),  # unclosed quote
-    (b"a,b\nc", 2, None),  # no final newline
-])
-def test_the_c_split_finds_fields_or_refuses(block, ncols, expected):
-    lines = max(1, block.count(b"\n"))
-    starts, ends = np.empty((ncols, lines), np.int64), np.empty((ncols, lines), np.int64)
-    line_end = np.empty(lines, np.int64)
-    n = score_module._csvbytes.split(block, ncols, starts, ends, line_end)
-    if expected is None:
-        assert n == -1
-    else:
-        assert n == 1
-        assert [starts[:, 0].tolist(), ends[:, 0].tolist(), line_end[:1].tolist()] == expected
+def test_lines_count_blank_lines_and_quoted_newlines(predictor, raw, tmp_path):
+    rows = write_awkward(raw, tmp_path / "in.csv", blank_line=True)
+    text = (tmp_path / "in.csv").read_bytes().decode()
+    records = text.split("\r\n")
+    at = next(i for i, line in enumerate(records) if line.startswith("note 15,"))
+    records[at] = records[at].replace(rows.iloc[15]["purpose"], "spaceship", 1)
+    (tmp_path / "in.csv").write_bytes("\r\n".join(records).encode())
+    summary = score(predictor, tmp_path / "in.csv", tmp_path / "out.csv")
+    errors = read_out(Path(summary["errors"]))
+    # record 16, after a quoted newline and a blank line: line 1 + 16 + 2
+    assert errors[["row", "line"]].values.tolist() == [["16", "19"]]
 
 
-@pytest.mark.skipif(score_module._csvbytes is None, reason="ml/batch/_csvbytes.c is not built")
-@pytest.mark.parametrize("damage", ["cell outside block", "key index", "key outside keys",
-                                    "table size", "split shape", "splice offset",
-                                    "splice size"])
-def test_the_c_byte_work_refuses_bad_offsets_instead_of_reading_past_them(damage):
-    native = score_module._csvbytes
-    index = score_module._CellIndex()
-    index.add([b"yes", b"no"])
-    block = b"yes,no\n"
-    starts, lengths = np.array([0, 4], np.int64), np.array([3, 2], np.int64)
-    assert index.find(block, starts, lengths).tolist() == [0, 1]
-    table, start = index.table.copy(), index.start.copy()
-    out = np.empty(2, np.int64)
-    with pytest.raises(ValueError):
-        if damage == "cell outside block":
-            native.lookup(block, np.array([0, 6], np.int64), lengths, index.keys, start,
-                          index.length, table, out)
-        elif damage in ("key index", "key outside keys"):
-            if damage == "key index":
-                table[table >= 0] = 7
-            else:
-                start[:] = 100
-            native.lookup(block, starts, lengths, index.keys, start, index.length, table, out)
-        elif damage == "table size":
-            native.lookup(block, starts, lengths, index.keys, start, index.length,
-                          table[:48], out)
-        elif damage == "split shape":
-            native.split(block, 2, np.empty((2, 1), np.int64), np.empty((2, 2), np.int64),
-                         np.empty(1, np.int64))
+def test_scores_of_100k_rows_read_in_several_batches(predictor, spec, raw, tmp_path,
+                                                     monkeypatch):
+    big = raw.sample(100_000, replace=True, random_state=1).reset_index(drop=True)
+    big.loc[[17, 54_321, 99_999], "credit_amount"] = "lots"
+    big.to_csv(tmp_path / "big.csv", index=False)
+    batches = []
+    real = score_module._Scorer.score
+    monkeypatch.setattr(score_module._Scorer, "score",
+                        lambda self, batch: batches.append(batch.table.num_rows)
+                        or real(self, batch))
+    summary = score(predictor, tmp_path / "big.csv", tmp_path / "out.csv", reasons=False,
+                    chunksize=20_000)
+    assert (summary["rows"], summary["scored"], summary["rejected"]) == (100_000, 99_997, 3)
+    assert len(batches) >= 4 and sum(batches) == 100_000
+    assert read_out(Path(summary["errors"]))["row"].tolist() == ["18", "54322", "100000"]
+    out = pd.read_csv(tmp_path / "out.csv", usecols=["probability_of_default"])
+    good = big.drop(index=[17, 54_321, 99_999])
+    expected = expected_scores(predictor, spec, good)["probability_of_default"].to_numpy()
+    assert np.max(np.abs(out["probability_of_default"].to_numpy() - expected)) <= 1e-12
+
+
+def test_parquet_in_and_out_round_trip(predictor, spec, raw, tmp_path):
+    rows = raw.head(200).copy()
+    rows.loc[5, "purpose"] = "spaceship"
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp_path / "in.parquet")
+    by_csv = score(predictor, tmp_path / "in.csv", tmp_path / "a.csv")
+    to_parquet = score(predictor, tmp_path / "in.csv", tmp_path / "b.parquet")
+    from_parquet = score(predictor, tmp_path / "in.parquet", tmp_path / "c.csv")
+    both = score(predictor, tmp_path / "in.parquet", tmp_path / "d.parquet", chunksize=64)
+    for summary in (by_csv, to_parquet, from_parquet, both):
+        assert (summary["rows"], summary["rejected"]) == (200, 1)
+    a = read_out(tmp_path / "a.csv")
+    assert read_out(tmp_path / "c.csv").equals(a)
+    for name in ("b.parquet", "d.parquet"):
+        table = pq.read_table(tmp_path / name).to_pandas()
+        assert list(table.columns) == [*raw.columns, *OUTPUT_COLUMNS]
+        assert table[raw.columns].astype(str).equals(a[raw.columns])
+        assert table["probability_of_default"].to_numpy().tolist() == \
+            a["probability_of_default"].astype(float).tolist()
+        for column in OUTPUT_COLUMNS[1:]:
+            assert table[column].astype(str).tolist() == a[column].tolist()
+    errors = read_out(Path(both["errors"]))
+    assert errors[["row", "line"]].values.tolist() == [["6", ""]]
+
+
+def test_typed_and_dictionary_parquet_columns_score_like_text(predictor, spec, raw, tmp_path):
+    rows = raw.head(100)
+    X = load_dataset_from_frame(rows, spec)
+    columns = {}
+    for f in spec.features:
+        text = rows[f.source_column]
+        if f.kind == CATEGORICAL:
+            columns[f.source_column] = pa.array(text).dictionary_encode()
         else:
-            bad_at = np.array([9 if damage == "splice offset" else 6], np.int64)
-            size = len(block) + 3 + (1 if damage == "splice size" else 0)
-            native.splice(block, np.array([7], np.int64), bad_at, np.ones(1, np.uint8),
-                          np.zeros((1, 2), np.uint8), 2, np.zeros(1, np.int64), b"z",
-                          np.zeros(1, np.int64), np.ones(1, np.int64), bytearray(size))
+            columns[f.source_column] = pa.array(text.astype(int).to_numpy())
+    columns["age_in_years"] = pa.array([None, *X["age_in_years"].iloc[1:].tolist()],
+                                       pa.float64())
+    pq.write_table(pa.table(columns), tmp_path / "typed.parquet")
+    summary = score(predictor, tmp_path / "typed.parquet", tmp_path / "out.csv")
+    assert (summary["rows"], summary["rejected"]) == (100, 1)
+    errors = read_out(Path(summary["errors"]))
+    assert errors["problem"].tolist() == ["age_in_years is missing and the spec does not "
+                                          "allow missing values"]
+    out = read_out(tmp_path / "out.csv")
+    expected = expected_scores(predictor, spec, rows.iloc[1:])
+    assert np.max(np.abs(out["probability_of_default"].astype(float).to_numpy()
+                         - expected["probability_of_default"].to_numpy())) <= 1e-12
 
 
-def test_the_c_byte_work_is_built_where_ci_runs():
-    """`pip install -e .` compiles ml/batch/_csvbytes.c; without it batch scoring is slower."""
-    if score_module._csvbytes is None and not os.environ.get("CI"):
-        pytest.skip("ml/batch/_csvbytes.c is not built (no compiler?); CI must build it")
-    assert score_module._csvbytes is not None
+def test_bad_utf8_rejects_only_its_rows(predictor, raw, tmp_path):
+    raw.head(5).to_csv(tmp_path / "in.csv", index=False)
+    data = (tmp_path / "in.csv").read_bytes().split(b"\n")
+    data[2] = data[2].replace(b"radio/television", b"radio/tele\xffvision")
+    (tmp_path / "in.csv").write_bytes(b"\n".join(data))
+    summary = score(predictor, tmp_path / "in.csv", tmp_path / "out.csv")
+    assert (summary["rows"], summary["scored"]) == (5, 4)
+    errors = read_out(Path(summary["errors"]))
+    assert errors[["row", "line", "problem"]].values.tolist() == [
+        ["2", "3", "has bytes that are not UTF-8 text"]]
+    assert errors["purpose"][0] == "radio/tele\ufffdvision"
+
+
+@pytest.mark.parametrize("content, name, message", [
+    (b"", "in.csv", "is empty"),
+    (b"a,b\n1,2\n", "in.csv", "no column"),
+    (b"a,a\n1,2\n", "in.csv", "more than once"),
+    (b"not parquet at all", "in.parquet", "cannot read in.parquet"),
+    (b"a,b\n", "in.json", "cannot tell the format"),
+])
+def test_unusable_inputs_stop_with_a_clear_error(predictor, tmp_path, content, name, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        score(predictor, tmp_path / name, tmp_path / "out.csv")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"purpose\nx\n", "no column"),
+])
+def test_the_cli_says_what_is_wrong_without_a_traceback(model_dir, tmp_path, capsys, content,
+                                                        message):
+    from ml.__main__ import main as ml_main
+    (tmp_path / "in.csv").write_bytes(content)
+    code = ml_main(["score", "--model", str(model_dir), str(tmp_path / "in.csv"),
+                    str(tmp_path / "out.csv"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert main(["--model", str(model_dir), str(tmp_path / "in.csv"),
+                 str(tmp_path / "out.csv"), "--no-progress"]) == 2
+
+
+def test_the_cli_takes_a_format_flag(model_dir, raw, tmp_path):
+    raw.head(20).to_csv(tmp_path / "in.data", index=False)
+    assert main(["--model", str(model_dir), str(tmp_path / "in.data"),
+                 str(tmp_path / "out.data"), "--no-progress", "--format", "csv"]) == 0
+    assert main(["--model", str(model_dir), str(tmp_path / "in.data"),
+                 str(tmp_path / "out.pq"), "--no-progress", "--input-format", "csv"]) == 0
+    assert len(read_out(tmp_path / "out.data")) == len(pq.read_table(tmp_path / "out.pq")) == 20
+
+
+def test_batch_scoring_loads_no_training_library(model_dir, tmp_path):
+    """Scoring a file imports neither the training code nor sklearn, scipy, pandas or
+    matplotlib: the compiled model is all it needs, as the API."""
+    (tmp_path / "in.csv").write_bytes(DEFAULT_DATA.read_bytes())
+    code = (
+        "import sys\n"
+        "from ml.batch.score import score_file\n"
+        f"score_file({str(model_dir)!r}, {str(tmp_path / 'in.csv')!r}, "
+        f"{str(tmp_path / 'out.parquet')!r}, progress=False)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sklearn', 'scipy', 'pandas', 'matplotlib') or m.startswith('ml.training'))\n"
+        "print(bad)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_output_never_overwrites_the_input(predictor, raw, tmp_path):
+    raw.head(3).to_csv(tmp_path / "in.csv", index=False)
+    with pytest.raises(ValueError, match="overwrite the input"):
+        score(predictor, tmp_path / "in.csv", tmp_path / "in.csv")
+    assert len(read_out(tmp_path / "in.csv")) == 3
+
+
+def test_parquet_columns_csv_cannot_hold_give_a_clear_error(predictor, raw, tmp_path):
+    table = pa.Table.from_pandas(raw.head(5), preserve_index=False)
+    nested = table.append_column("tags", pa.array([[1, 2]] * 5))
+    pq.write_table(nested, tmp_path / "nested.parquet")
+    with pytest.raises(ValueError, match="cannot write out.csv"):
+        score(predictor, tmp_path / "nested.parquet", tmp_path / "out.csv")
+    assert score(predictor, tmp_path / "nested.parquet", tmp_path / "out.parquet")["scored"] == 5
+    listed = table.set_column(table.schema.get_field_index("purpose"), "purpose",
+                              pa.array([["car"]] * 5))
+    pq.write_table(listed, tmp_path / "listed.parquet")
+    with pytest.raises(ValueError, match="column 'purpose' holds list"):
+        score(predictor, tmp_path / "listed.parquet", tmp_path / "out.parquet")
+
+
+def test_bad_utf8_in_a_large_string_parquet_column_rejects_its_row(predictor, raw, tmp_path):
+    table = pa.Table.from_pandas(raw.head(4), preserve_index=False)
+    note = pa.Array.from_buffers(pa.large_string(), 4, [
+        None, pa.py_buffer(np.array([0, 2, 4, 5, 7], np.int64)), pa.py_buffer(b"okok\xffok")])
+    pq.write_table(table.append_column("note", note), tmp_path / "in.parquet")
+    summary = score(predictor, tmp_path / "in.parquet", tmp_path / "out.parquet")
+    assert (summary["rows"], summary["scored"]) == (4, 3)
+    assert read_out(Path(summary["errors"]))["row"].tolist() == ["3"]
+
+
+def test_ragged_rows_after_the_last_good_one_are_reported(predictor, raw, tmp_path):
+    raw.head(4).to_csv(tmp_path / "in.csv", index=False)
+    with open(tmp_path / "in.csv", "a") as fh:
+        fh.write("a,b\nc\n")
+    summary = score(predictor, tmp_path / "in.csv", tmp_path / "out.csv")
+    assert (summary["rows"], summary["scored"]) == (6, 4)
+    errors = read_out(Path(summary["errors"]))
+    assert errors[["row", "line"]].values.tolist() == [["5", "6"], ["6", "7"]]
+    assert errors["problem"].tolist() == [f"has {n} fields, the header has {len(raw.columns)}"
+                                          for n in (2, 1)]
+
+
+def test_a_record_longer_than_a_batch_stops_with_advice(predictor, raw, tmp_path):
+    rows = raw.head(300).copy()
+    rows.insert(0, "note", "")
+    rows.loc[250, "note"] = "x" * 200_000
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    with pytest.raises(ValueError, match="raise --chunksize"):
+        score(predictor, tmp_path / "in.csv", tmp_path / "out.csv", chunksize=1)
+    assert score(predictor, tmp_path / "in.csv", tmp_path / "out.csv")["scored"] == 300
+
+
+def test_a_missing_input_file_is_named(predictor, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no input file"):
+        score(predictor, tmp_path / "nothing.csv", tmp_path / "out.csv")

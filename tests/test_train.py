@@ -9,7 +9,8 @@ import pytest
 
 from ml.spec import config
 from ml.__main__ import main
-from ml.serving.artifact import load_artifact, resolve
+from ml.serving.artifact import resolve
+from ml.training.publish import load_artifact
 from ml.training.data import load_dataset, read_raw
 from ml.spec.schema import DatasetSpec, validate_record
 from ml.training import train as train_module

@@ -1,63 +1,60 @@
-"""Artifact stage: the fitted model sealed with its model card, and the loader that checks it.
+"""The artifact: a signed directory holding one model, and the loader the API and batch use.
 
 Layout::
 
     models/
       LATEST                      # the version name of the newest artifact (a stable pointer)
       <version>/
-        model.joblib              # the fitted sklearn estimator, pickled whole
-        fast_model.pkl            # the same model compiled to numpy arrays (ml.serving.fastpath)
-        model_card.json           # everything about it, including both files' SHA-256
-        plots/*.png
+        manifest.json             # every file below with its SHA-256, the signer's key id
+        manifest.sig              # Ed25519 signature of manifest.json (ml.serving.signing)
+        model_card.json           # everything about the model: threshold, grades, spec...
+        compiled_model.json       # the compiled model's structure  } what the API and the
+        compiled_model.npz        # its arrays (no pickles)          } batch scorer load
+        model.joblib              # the fitted sklearn estimator: training jobs only
+        evaluation.json, plots/*.png
 
-The loaders refuse to unpickle a file whose SHA-256 differs from the card's, or that was
-built with other versions of the libraries whose pickles are not portable.
-:func:`load_artifact` gives the sklearn model (training, reports, the batch scorer);
-:func:`load_serving` gives only the compiled model, so a server never imports sklearn,
-scipy or pandas: it is ready in about a second and its workers share less memory.
-This module is runtime code: ``app`` may import it.
+:func:`load_serving` verifies the signature and the listing of the whole directory
+before it reads anything else, then reads the card and the compiled model from the
+verified bytes, with ``json`` and ``np.load(allow_pickle=False)``: loading a model can
+never run code. Writing artifacts (which needs sklearn) is training code:
+:mod:`ml.training.publish`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ml.serving import modelfile, signing
+from ml.serving.compiled import FastModel
+from ml.serving.errors import ArtifactError
 from ml.spec.schema import DatasetSpec
 
 MODEL_FILE = "model.joblib"
-FAST_FILE = "fast_model.pkl"
+COMPILED_FILE = "compiled_model.json"
+COMPILED_ARRAYS = "compiled_model.npz"
 CARD_FILE = "model_card.json"
 LATEST = "LATEST"
-# Pickles of these are tied to the exact version that wrote them.
-PINNED_LIBRARIES = ("scikit-learn", "numpy", "joblib")
-SERVING_LIBRARIES = ("numpy",)  # a compiled model is numpy arrays and plain Python
+SERVING_LIBRARIES = ("numpy",)  # the compiled model's arrays are read by numpy
 RECORDED_LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib")
 
-
-class ArtifactError(RuntimeError):
-    """The artifact is missing, tampered with, or built with incompatible libraries."""
+sha256_of = signing.sha256_of
 
 
 @dataclass
 class Artifact:
-    """A loaded, verified model with its card and spec.
+    """A verified artifact: its card and spec, the compiled model, and who signed it."""
 
-    ``model`` is the sklearn estimator (``None`` when loaded for serving) and ``fast``
-    the compiled :class:`ml.serving.fastpath.FastModel` (``None`` when not loaded).
-    """
-
-    model: Any
     card: dict[str, Any]
     spec: DatasetSpec
     path: Path
-    fast: Any = None
+    fast: FastModel
+    signer: str = ""
+    signed_at: str = ""
 
     @property
     def name(self) -> str:
@@ -66,7 +63,7 @@ class Artifact:
 
     @property
     def version(self) -> str:
-        """Artifact version, unique per training run."""
+        """Artifact version, unique per training run or re-signing."""
         return self.card["version"]
 
     @property
@@ -75,114 +72,84 @@ class Artifact:
         return float(self.card["threshold"])
 
 
-def library_versions() -> dict[str, str]:
-    """Installed versions of Python and the libraries recorded in a model card."""
+def library_versions(libraries: tuple[str, ...] = RECORDED_LIBRARIES) -> dict[str, str]:
+    """Installed versions of Python and ``libraries`` (default: those a model card records)."""
     versions = {"python": platform.python_version()}
-    for lib in RECORDED_LIBRARIES:
+    for lib in libraries:
         versions[lib] = metadata.version(lib)
     return versions
-
-
-def sha256_of(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve(path: str | Path) -> Path:
     """The artifact directory for ``path``: itself, or the version its ``LATEST`` names."""
     path = Path(path)
-    if (path / CARD_FILE).is_file():
+    if (path / CARD_FILE).is_file() or (path / signing.SIGNATURE).is_file():
         return path
     pointer = path / LATEST
     if pointer.is_file():
         version = pointer.read_text(encoding="utf-8").strip()
-        if version and "/" not in version and (path / version / CARD_FILE).is_file():
+        if version and "/" not in version and version not in (".", "..") \
+                and (path / version).is_dir():
             return path / version
         raise ArtifactError(f"{pointer} names {version!r}, which is not an artifact in {path}")
     raise ArtifactError(f"no model artifact at {path}: train one with `python -m ml train`")
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
-    """The model card of the artifact at ``path`` (no unpickling)."""
+    """The model card of the artifact at ``path``, unverified (reports and monitoring jobs
+    that only display it; serving decisions use :func:`load_serving`)."""
     card_path = resolve(path) / CARD_FILE
     try:
-        return json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        return parse_card(card_path.read_bytes())
+    except OSError as exc:
         raise ArtifactError(f"cannot read model card {card_path}: {exc}") from exc
 
 
-def load_artifact(path: str | Path, check_versions: bool = True) -> Artifact:
-    """Load and verify the sklearn model of an artifact; raises :class:`ArtifactError`.
+def parse_card(data: bytes) -> dict[str, Any]:
+    """A model card from its bytes."""
+    try:
+        card = json.loads(data)
+    except ValueError as exc:
+        raise ArtifactError(f"cannot read model card: {exc}") from exc
+    if not isinstance(card, dict):
+        raise ArtifactError("cannot read model card: not a JSON object")
+    return card
 
-    Checks, before unpickling: the card is readable, the pickle's SHA-256 matches the
-    card, and (unless ``check_versions`` is false) scikit-learn, numpy and joblib are
-    the versions the model was built with.
-    """
-    import joblib
 
+def verified(path: str | Path, trusted: Any = None) -> tuple[signing.Manifest, dict[str, Any]]:
+    """Resolve ``path``, verify its signature (keys: ``trusted``, else ``MODEL_TRUSTED_KEYS``)
+    and return the manifest with the card read from verified bytes."""
     directory = resolve(path)
-    card = read_card(directory)
-    model_path = _verified(directory, card, "file", "sha256", MODEL_FILE)
-    if check_versions:
-        _check_versions(card, PINNED_LIBRARIES)
-    model = joblib.load(model_path)
-    return Artifact(model=model, card=card, spec=DatasetSpec.from_dict(card["spec"]),
-                    path=directory)
+    manifest = signing.verify(directory, signing.trusted_keys(trusted))
+    return manifest, parse_card(manifest.read(CARD_FILE))
 
 
-def has_serving_model(path: str | Path) -> bool:
-    """Whether the artifact at ``path`` carries a compiled model this code can read.
+def load_serving(path: str | Path, check_versions: bool = True, trusted: Any = None) -> Artifact:
+    """Verify and load the artifact at ``path`` for scoring; raises :class:`ArtifactError`.
 
-    Older artifacts have none, and one compiled with another layout
-    (:data:`ml.serving.fastpath.FORMAT`) would be misread.
+    Args:
+        path: an artifact directory, or a models directory with ``LATEST``.
+        check_versions: refuse a model compiled with another numpy.
+        trusted: trusted public keys (a mapping by key id, or a path as in
+            ``MODEL_TRUSTED_KEYS``); default: the ``MODEL_TRUSTED_KEYS`` environment variable.
     """
-    from ml.serving.fastpath import FORMAT
-
-    sealed = read_card(path).get("artifact", {})
-    return bool(sealed.get("fast_file")) and sealed.get("fast_format") == FORMAT
-
-
-def load_serving(path: str | Path, check_versions: bool = True) -> Artifact:
-    """Load and verify the compiled model of an artifact (no sklearn); ``model`` is ``None``.
-
-    The same checks as :func:`load_artifact`, on ``fast_model.pkl`` and numpy. The
-    sklearn pickle is hash-checked too (not loaded): an artifact with any damaged file
-    is refused as a whole.
-    """
-    import pickle
-
-    directory = resolve(path)
-    card = read_card(directory)
-    _verified(directory, card, "file", "sha256", MODEL_FILE)
-    fast_path = _verified(directory, card, "fast_file", "fast_sha256", FAST_FILE)
+    manifest, card = verified(path, trusted)
+    sealed = card.get("artifact", {})
+    if sealed.get("compiled_format") != modelfile.FORMAT:
+        raise ArtifactError(f"the artifact's compiled model has format "
+                            f"{sealed.get('compiled_format')!r}, this code reads "
+                            f"{modelfile.FORMAT}: retrain or `python -m ml resign` it")
     if check_versions:
-        _check_versions(card, SERVING_LIBRARIES)
-    with open(fast_path, "rb") as fh:
-        fast = pickle.load(fh)  # noqa: S301 - its SHA-256 matched the card's just above
-    return Artifact(model=None, card=card, spec=DatasetSpec.from_dict(card["spec"]),
-                    path=directory, fast=fast)
+        check_versions_of(card, SERVING_LIBRARIES)
+    fast = modelfile.load(manifest.read(sealed.get("compiled_file", COMPILED_FILE)),
+                          manifest.read(sealed.get("compiled_arrays", COMPILED_ARRAYS)))
+    return Artifact(card=card, spec=DatasetSpec.from_dict(card["spec"]), path=manifest.directory,
+                    fast=fast, signer=manifest.key_id, signed_at=manifest.signed_at)
 
 
-def _verified(directory: Path, card: dict[str, Any], file_key: str, hash_key: str,
-              default: str) -> Path:
-    """The path of one of the artifact's pickles, after checking its SHA-256."""
-    path = directory / card.get("artifact", {}).get(file_key, default)
-    if not path.is_file():
-        raise ArtifactError(f"model file {path} is missing")
-    expected = card.get("artifact", {}).get(hash_key)
-    actual = sha256_of(path)
-    if expected != actual:
-        raise ArtifactError(f"refusing to load {path}: its SHA-256 {actual[:12]}… does not "
-                            f"match the model card's {str(expected)[:12]}… (tampered or corrupted)")
-    return path
-
-
-def _check_versions(card: dict[str, Any], libraries: tuple[str, ...]) -> None:
-    installed = library_versions()
+def check_versions_of(card: dict[str, Any], libraries: tuple[str, ...]) -> None:
+    """Refuse a model built with other versions of ``libraries`` than the installed ones."""
+    installed = library_versions(libraries)  # each lookup reads package metadata: ~4 ms
     built = card.get("libraries", {})
     wrong = [f"{lib} {built.get(lib)} (installed {installed[lib]})"
              for lib in libraries if built.get(lib) != installed[lib]]
@@ -191,49 +158,8 @@ def _check_versions(card: dict[str, Any], libraries: tuple[str, ...]) -> None:
                             + ", ".join(wrong) + "; retrain or install the pinned versions")
 
 
-def save_artifact(model: Any, card: dict[str, Any], root: str | Path,
-                  update_latest: bool = True, check_frame: Any = None) -> Path:
-    """Write ``model``, its compiled form and ``card`` to ``root/<card['version']>/``.
-
-    The model is compiled with :func:`ml.serving.fastpath.compile_model` and, when
-    ``check_frame`` is given, checked against sklearn on every row of it (|Δ| ≤ 1e-9).
-    The card is completed with both files' names and SHA-256. ``LATEST`` is then
-    moved to the new version atomically, so a server reading it never sees half a name.
-    """
-    import pickle
-
-    import joblib
-
-    from ml.serving.fastpath import FORMAT, check_against, compile_model
-
-    fast = compile_model(model)
-    if check_frame is not None:
-        check_against(model, fast, check_frame)
-    root = Path(root)
-    directory = root / card["version"]
-    directory.mkdir(parents=True, exist_ok=True)
-    model_path = directory / MODEL_FILE
-    joblib.dump(model, model_path)
-    fast_path = directory / FAST_FILE
-    with open(fast_path, "wb") as fh:
-        pickle.dump(fast, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    card = {**card, "artifact": {"file": MODEL_FILE, "sha256": sha256_of(model_path),
-                                 "fast_file": FAST_FILE, "fast_sha256": sha256_of(fast_path),
-                                 "fast_format": FORMAT}}
-    (directory / CARD_FILE).write_text(json.dumps(card, indent=2, default=_jsonable),
-                                       encoding="utf-8")
-    if update_latest:
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=".latest-")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(card["version"] + "\n")
-        os.replace(tmp, root / LATEST)
-    return directory
-
-
-def _jsonable(value: Any) -> Any:
-    """JSON fallback for numpy scalars and arrays inside the card."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+def write_latest(root: Path, version: str) -> None:
+    """Point ``root/LATEST`` at ``version`` atomically: a reader never sees half a name."""
+    tmp = root / f".latest-{os.getpid()}"
+    tmp.write_text(version + "\n", encoding="utf-8")
+    os.replace(tmp, root / LATEST)

@@ -1,13 +1,10 @@
 """The predictor: one object, shared by the API and the batch scorer, that answers for a model.
 
-``Predictor.load(path)`` takes the artifact's compiled model (:mod:`ml.serving.fastpath`,
-written and checked against sklearn on every training row by the trainer), so a server
-never imports sklearn, scipy or pandas; its :meth:`Predictor.self_test` re-scores the
-card's self-test record against the PD sklearn gave at training time.
-``Predictor.load(path, sklearn=True)`` (the batch scorer) loads the sklearn pickle,
-compiles it here and checks it against sklearn on the card's reference rows (without
-the C tree walk, that also lets a random forest walk large batches with sklearn's
-compiled trees). Either way, records and frames are scored without pandas in the loop.
+``Predictor.load(path)`` verifies the artifact's signature and loads its compiled model
+(:mod:`ml.serving.compiled`; written, and checked against sklearn on every training row,
+by the trainer), so neither the API nor the batch scorer imports sklearn, scipy or
+pandas, or unpickles anything. :meth:`Predictor.self_test` re-scores the card's
+self-test record against the PD sklearn gave at training time.
 
 Each applicant gets:
 
@@ -36,17 +33,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ml.serving.artifact import (Artifact, ArtifactError, has_serving_model, load_artifact,
-                                 load_serving)
-from ml.serving.fastpath import FastModel, check_against, compile_model
+from ml.serving.artifact import Artifact, load_serving
+from ml.serving.compiled import FastModel
+from ml.serving.errors import ArtifactError
 from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature, validate_record
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    import pandas as pd
 
 MAX_REASONS = 4
 SELF_TEST_TOLERANCE = 1e-9
@@ -87,7 +81,8 @@ class Predictor:
         card: the model card.
         grades: the card's risk grades, ``{"grade", "max_pd", "label"}`` dicts.
         features: the model's input features, in the fast path's column order.
-        fast: the compiled :class:`ml.serving.fastpath.FastModel`.
+        fast: the compiled :class:`ml.serving.compiled.FastModel`.
+        signer: the key id that signed the artifact (empty when built in memory).
     """
 
     def __init__(self, artifact: Artifact):
@@ -100,8 +95,8 @@ class Predictor:
         self.grades: list[dict[str, Any]] = _check_grades(self.card.get("grades"))
         self._bounds = np.array([float(g["max_pd"]) for g in self.grades])
         self._letters = np.array([str(g["grade"]) for g in self.grades], dtype=object)
-        self.fast: FastModel = (artifact.fast if artifact.fast is not None
-                                else compile_model(artifact.model))
+        self.signer: str = artifact.signer
+        self.fast: FastModel = artifact.fast
         if set(self.fast.features) != set(self.spec.feature_names):
             raise ArtifactError("the model's input columns differ from the spec's features: "
                                 f"{sorted(set(self.fast.features) ^ set(self.spec.feature_names))}")
@@ -109,26 +104,17 @@ class Predictor:
         self._feature_specs: list[Feature] = [self.spec.feature(n) for n in self.features]
         baseline = _card_record(self.card, ("reference", "baseline"), self.spec)
         self._baseline = self.fast.baseline(baseline)
-        if artifact.model is not None:
-            check_rows = [baseline]
-            for key in (("example",), ("self_test", "record")):
-                try:
-                    check_rows.append(_card_record(self.card, key, self.spec))
-                except ArtifactError:
-                    pass  # optional here; self_test() insists on its own record
-            check_against(artifact.model, self.fast, records_to_frame(check_rows, self.spec))
 
     @classmethod
     def load(cls, path: str | Path, check_versions: bool = True,
-             sklearn: bool = False) -> "Predictor":
-        """Load and verify the artifact at ``path`` (a version or a models dir).
+             trusted: Any = None) -> "Predictor":
+        """Verify and load the artifact at ``path`` (a version or a models dir).
 
-        The compiled model when the artifact has one and ``sklearn`` is false, else
-        the sklearn pickle, compiled here.
+        ``trusted``: the trusted public keys (see :func:`ml.serving.artifact.load_serving`);
+        default ``MODEL_TRUSTED_KEYS``. Raises :class:`ArtifactError` (a
+        :class:`ml.serving.errors.SignatureError` when the signature does not hold).
         """
-        if not sklearn and has_serving_model(path):
-            return cls(load_serving(path, check_versions=check_versions))
-        return cls(load_artifact(path, check_versions=check_versions))
+        return cls(load_serving(path, check_versions=check_versions, trusted=trusted))
 
     # ------------------------------------------------------------------ per request
 
@@ -169,28 +155,21 @@ class Predictor:
 
     # ------------------------------------------------------------------ batches
 
-    def predict_frame(self, X: pd.DataFrame, reasons: bool = True) -> pd.DataFrame:
-        """Score a validated frame (as :func:`ml.training.data.load_dataset` makes), vectorised.
-
-        Returns a frame on ``X``'s index with ``probability_of_default``, ``decision``,
-        ``risk_grade`` and ``reason_1`` … ``reason_4`` (feature names, ``""`` if none).
-        """
-        scores = self.score_raw(self.fast.raw_from_frame(X), reasons=reasons)
-        return self.to_frame(scores, index=X.index)
-
     def score_raw(self, raw: np.ndarray, reasons: bool = True) -> Scores:
-        """Score a raw matrix laid out as :attr:`features` (see :mod:`ml.serving.fastpath`)."""
+        """Score a raw matrix laid out as :attr:`features` (see :mod:`ml.serving.compiled`)."""
         if reasons:
             what_if = self.fast.predict_raw(raw, self._baseline)
             return self._scores(what_if[:, 0], what_if)
         return self._scores(self.fast.predict_raw(raw), None)
 
-    def to_frame(self, scores: Scores, index: Any = None) -> pd.DataFrame:
-        """The output columns of :meth:`predict_frame` for some :class:`Scores`."""
-        import pandas as pd
+    def output_columns(self, scores: Scores) -> dict[str, np.ndarray]:
+        """The output columns for some :class:`Scores`, as arrays (a frame or a table's).
 
+        ``probability_of_default``, ``decision``, ``risk_grade`` and ``reason_1`` …
+        ``reason_4`` (feature names, ``""`` if none), in :data:`OUTPUT_COLUMNS` order.
+        """
         n = len(scores.probability)
-        columns: dict[str, Any] = {
+        columns: dict[str, np.ndarray] = {
             "probability_of_default": scores.probability,
             "decision": np.array(DECISIONS, dtype=object)[scores.decline.astype(np.intp)],
             "risk_grade": self._letters[scores.grade],
@@ -199,7 +178,7 @@ class Predictor:
         for k, column in enumerate(REASON_COLUMNS):
             columns[column] = (names[scores.reasons[:, k]] if scores.reasons is not None
                                else np.full(n, "", dtype=object))
-        return pd.DataFrame(columns, index=index)
+        return columns
 
     def _scores(self, probability: np.ndarray, what_if: np.ndarray | None) -> Scores:
         scores = Scores(probability=probability, decline=probability >= self.threshold,
@@ -263,21 +242,6 @@ def value_label(feature: Feature, value: Any) -> str:
     number = float(value)
     text = str(int(number)) if number.is_integer() else f"{number:.10g}"
     return f"{text} {feature.unit}" if feature.unit else text
-
-
-def records_to_frame(records: Sequence[dict[str, Any]], spec: DatasetSpec) -> pd.DataFrame:
-    """Records as a validated frame (codes as object with NaN, numbers as float64)."""
-    import pandas as pd
-
-    columns = {}
-    for f in spec.features:
-        values = [r.get(f.name) for r in records]
-        if f.kind == CATEGORICAL:
-            columns[f.name] = pd.Series([np.nan if v is None else v for v in values],
-                                        dtype=object)
-        else:
-            columns[f.name] = pd.Series(np.array(values, dtype=np.float64))
-    return pd.DataFrame(columns)
 
 
 def _card_record(card: dict[str, Any], path: tuple[str, ...], spec: DatasetSpec) -> dict:

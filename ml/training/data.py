@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
-from ml.serving.artifact import sha256_of
+from ml.serving.signing import sha256_of
+from ml.spec.cells import (INVALID, MISSING_TOKENS, OUTSIDE, bounds, category_lookup,
+                           read_cell)
 from ml.spec.schema import CATEGORICAL, DatasetSpec, Feature
-
-MISSING_TOKENS = ("", "na", "n/a", "nan", "null", "?")
 
 
 class DataError(ValueError):
@@ -87,36 +87,37 @@ def validate_frame(raw: pd.DataFrame, spec: DatasetSpec,
 def convert_column(text: pd.Series, feature: Feature) -> tuple[pd.Series, str | None]:
     """Convert one text column to codes or floats; also say what is wrong with it, if anything.
 
-    Returns the converted column (invalid cells as missing) and a problem description or
-    ``None``. The description counts offending rows and shows at most a few distinct
-    offending values (this is the data owner's own file, not a client request).
+    Each distinct cell is read by :func:`ml.spec.cells.read_cell`, the rules the batch
+    scorer applies too. Returns the converted column (invalid cells as missing) and a
+    problem description or ``None``. The description counts offending rows and shows at
+    most a few distinct offending values (this is the data owner's own file, not a client
+    request).
     """
     stripped = text.astype(str).str.strip()
-    missing = stripped.str.lower().isin(MISSING_TOKENS)
+    lookup = category_lookup(feature) if feature.kind == CATEGORICAL else None
+    distinct = pd.unique(stripped.to_numpy())
+    read = [read_cell(feature, cell, lookup) for cell in distinct]
+    position = pd.Index(distinct).get_indexer(stripped.to_numpy())
+    problem = np.array([p for _, p in read], dtype=np.int8)[position]
+    missing = stripped.str.lower().isin(MISSING_TOKENS).to_numpy()
+    bad = problem == INVALID
     problems = []
     if feature.kind == CATEGORICAL:
-        # Codes are accepted too, but a raw value wins over another category's code
-        # ("Own" and "own" are drafted as codes "own" and "own_2").
-        lookup = {c.code: c.code for c in feature.categories}
-        lookup.update({c.value: c.code for c in feature.categories})
-        converted = stripped.map(lookup)
-        bad = converted.isna() & ~missing
+        codes = np.array([np.nan if v is None else v for v, _ in read], dtype=object)
         if bad.any():
             shown = sorted(stripped[bad].unique())[:5]
             problems.append(f"{int(bad.sum())} rows have unknown categories {shown}")
-        out = converted.astype(object).where(~(missing | bad), np.nan)
+        out = pd.Series(codes[position], index=text.index, dtype=object)
     else:
-        numbers = pd.to_numeric(stripped.where(~missing), errors="coerce").astype(float)
-        bad = numbers.isna() & ~missing
+        numbers = np.array([np.nan if v is None else v for v, _ in read], dtype=np.float64)
         if bad.any():
             shown = sorted(stripped[bad].unique())[:5]
             problems.append(f"{int(bad.sum())} rows are not numeric {shown}")
-        low = feature.minimum if feature.minimum is not None else -np.inf
-        high = feature.maximum if feature.maximum is not None else np.inf
-        outside = (numbers < low) | (numbers > high)
+        outside = problem == OUTSIDE
         if outside.any():
+            low, high = bounds(feature)
             problems.append(f"{int(outside.sum())} rows lie outside [{low}, {high}]")
-        out = numbers
+        out = pd.Series(numbers[position], index=text.index, dtype=float)
     if missing.any() and not feature.nullable:
         problems.append(f"{int(missing.sum())} rows are missing a value and the spec does not "
                         "allow missing values (set nullable: true)")
@@ -157,9 +158,26 @@ def _convert_target(raw: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray | 
 
 def split(data: Dataset, seed: int, val_size: float = 0.2, test_size: float = 0.2) -> Split:
     """Stratified train / validation / test split with a fixed seed (60/20/20 by default)."""
+    # Imported here: the batch scorer reads data.py's cell rules and must not pay sklearn's
+    # import (seconds) to score ten rows.
+    from sklearn.model_selection import train_test_split
+
     X_rest, X_test, y_rest, y_test = train_test_split(
         data.X, data.y, test_size=test_size, stratify=data.y, random_state=seed)
     X_train, X_val, y_train, y_val = train_test_split(
         X_rest, y_rest, test_size=val_size / (1 - test_size), stratify=y_rest,
         random_state=seed)
     return Split(X_train, y_train, X_val, y_val, X_test, y_test)
+
+
+def records_to_frame(records: Sequence[dict[str, Any]], spec: DatasetSpec) -> pd.DataFrame:
+    """Records as a validated frame (codes as object with NaN, numbers as float64)."""
+    columns = {}
+    for f in spec.features:
+        values = [r.get(f.name) for r in records]
+        if f.kind == CATEGORICAL:
+            columns[f.name] = pd.Series([np.nan if v is None else v for v in values],
+                                        dtype=object)
+        else:
+            columns[f.name] = pd.Series(np.array(values, dtype=np.float64))
+    return pd.DataFrame(columns)

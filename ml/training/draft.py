@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml.training.data import MISSING_TOKENS, read_raw, target_values
+from ml.spec.cells import MISSING_TOKENS
+from ml.training.data import read_raw, target_values
 from ml.spec.schema import (CATEGORICAL, NUMERIC, RESERVED_NAMES, Category, CostMatrix,
                             DatasetSpec, Feature, Target)
 

@@ -10,8 +10,8 @@ of the labelled outcomes (``--holdout``, default 30 %), which neither model saw.
 Promotion rule: the challenger must lower the **expected cost per applicant** (the
 spec's cost matrix, at the card's threshold, the quantity the threshold was chosen to
 minimise) by at least ``--margin`` (default 0.005). Only then is it saved as a new
-version and ``LATEST`` moved to it (:func:`ml.serving.artifact.save_artifact`). Either way a
-JSON report is written and printed.
+version, signed, and ``LATEST`` moved to it (:func:`ml.training.publish.save_artifact`).
+Either way a JSON report is written and printed.
 """
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from ml.serving import signing
 from ml.spec import config
 
 from ml.training import evaluate, tune
-from ml.serving.artifact import load_artifact, save_artifact
-from ml.training.data import Dataset, load_dataset, split
+from ml.training.publish import load_artifact, provenance, save_artifact
+from ml.training.data import Dataset, load_dataset, records_to_frame, split
 from ml.training.train import TrainOptions, build_card
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ def outcomes_frame(rows: list[dict[str, Any]], spec: Any) -> tuple[pd.DataFrame,
     Missing values become NaN like :func:`ml.training.data.validate_frame` makes them; the
     target is 1 where the outcome is the spec's positive class.
     """
-    from ml.serving.predictor import records_to_frame
-
     rows = [r for r in rows if r.get("outcome") is not None]
     y = np.array([1 if r["outcome"] == spec.target.positive else 0 for r in rows],
                  dtype=np.int64)
@@ -165,7 +164,9 @@ def promote_challenger(model: Any, card: dict[str, Any], spec: Any, data: Datase
     new_card["data"]["feedback_rows"] = int(len(y_new))
     new_card["retrain"] = {k: report[k] for k in ("champion", "criterion", "margin", "rows",
                                                   "held_out", "expected_cost_gain")}
-    return save_artifact(model, new_card, root, check_frame=combined.X)
+    key = signing.signing_key()
+    new_card["provenance"] = provenance(key, data.sha256, new_card["git_commit"])
+    return save_artifact(model, new_card, root, check_frame=combined.X, key=key)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,8 +26,10 @@ from ml.spec import config
 
 from ml.monitoring import drift
 
+from ml.serving import signing
+from ml.serving.artifact import library_versions, read_card
 from ml.training import evaluate, tune
-from ml.serving.artifact import library_versions, read_card, save_artifact
+from ml.training.publish import git_commit, new_version, provenance, save_artifact
 from ml.training.data import Dataset, load_dataset, split
 from ml.training.pipeline import BLEND, FAMILIES
 from ml.spec.schema import CATEGORICAL, DatasetSpec
@@ -98,6 +97,7 @@ def train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
 
 def _train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
     stages = Stages()
+    key = signing.signing_key()  # before minutes of training: fail fast without a key
     spec = DatasetSpec.load(options.spec)
     data = load_dataset(options.data, spec)
     parts = split(data, options.seed)
@@ -152,14 +152,20 @@ def _train(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
     }
     card = build_card(spec, data, model, options, best, calibration, threshold["threshold"],
                       report, X_fit, oof, parts.X_test, p_test)
+    card["provenance"] = provenance(key, data.sha256, card["git_commit"])
+
+    def extras(directory: Path) -> None:  # written before signing: the manifest lists them
+        if options.plots:
+            evaluate.save_plots(parts.y_test, p_test, threshold["threshold"],
+                                directory / "plots", title="(test)")
+        (directory / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+
     # The compiled serving model is checked against sklearn on every row of the data.
-    directory = save_artifact(model, card, options.out, check_frame=data.X)
-    card = read_card(directory)  # as written: completed with the pickles' SHA-256
-    if options.plots:
-        evaluate.save_plots(parts.y_test, p_test, threshold["threshold"], directory / "plots",
-                            title="(test)")
-    (directory / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
-    stages.done("artifact %s written", directory)
+    directory = save_artifact(model, card, options.out, check_frame=data.X, key=key,
+                              extras=extras)
+    card = read_card(directory)  # as written: completed with the files' names and signer
+    stages.done("artifact %s written and signed by key %s", directory,
+                card["provenance"]["signer_key_id"])
     return directory, card
 
 
@@ -175,7 +181,7 @@ def build_card(spec: DatasetSpec, data: Dataset, model: Any, options: TrainOptio
     searched = f"{len(best.oof)} rows of " if best.oof is not None else ""
     return {
         "name": spec.name,
-        "version": created.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6],
+        "version": new_version(created),
         "created_at": created.isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "seed": options.seed,
@@ -247,17 +253,6 @@ def record_from_row(row: pd.Series, spec: DatasetSpec) -> dict[str, Any]:
         else:
             record[f.name] = int(value) if f.integer else float(value)
     return record
-
-
-def git_commit() -> str:
-    """The commit the code was built from: ``GIT_COMMIT`` (set by image builds) or git."""
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=config.PROJECT_ROOT, timeout=5, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
