@@ -69,6 +69,7 @@ def init_app(app: Any) -> None:
                             spool_dir=config.get("STORE_SPOOL_DIR") or None,
                             fsync=bool(config.get("STORE_SPOOL_FSYNC", False)),
                             deadline_seconds=float(config.get("STORE_DEADLINE_SECONDS", 5)))
+    store.prepare()  # SQLite only: its schema upgraded once, here, before workers fork
     app.extensions[EXTENSION] = store
     app.extensions.setdefault("readiness", {})["store"] = readiness
     services.prediction_made.connect(save_predictions, app, weak=False)

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from helpers import Server, call
+from ml.monitoring.migrate import upgrade
 from test_postgres import postgres  # noqa: F401 - the session's PostgreSQL server
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
@@ -27,6 +28,7 @@ def database(request, tmp_path):
     server = request.getfixturevalue("postgres")
     name = f"d{uuid.uuid4().hex[:12]}"
     server.run("createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", name)
+    upgrade(server.url(name))
     return server.url(name)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port
-from ml.monitoring.store import PredictionStore
+from ml.monitoring.migrate import upgrade
+from ml.monitoring.store import PredictionStore, StoreUnavailable
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -77,6 +78,7 @@ def postgres():
     try:
         server.run("createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
                    "credit")
+        upgrade(server.url())  # what `python -m ml db upgrade` does in production
         yield server
     finally:
         try:
@@ -178,4 +180,24 @@ def test_sync_save_and_a_queued_group_give_the_same_rows_on_postgresql(postgres,
                         "probability_of_default": 0.25, "decision": "decline",
                         "client": None, "outcome": None, "labelled_at": None,
                         "labelled_by": None}
+    store.dispose()
+
+
+def test_postgresql_is_migrated_by_the_command_never_by_the_store(postgres, example):
+    import subprocess
+    import sys
+
+    postgres.run("createdb", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres",
+                 "fresh")
+    store = PredictionStore(postgres.url("fresh"))
+    with pytest.raises(StoreUnavailable):
+        store.window()  # no tables: a worker does not create them
+    done = subprocess.run([sys.executable, "-m", "ml", "db", "upgrade", "--url",
+                           postgres.url("fresh")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0001"
+    store = PredictionStore(postgres.url("fresh"))
+    assert store.save("m-1", [example], [{"probability_of_default": 0.1,
+                                          "decision": "approve"}], "m", "v", False) == 1
+    assert [r["request_id"] for r in store.window()] == ["m-1"]
     store.dispose()

@@ -342,3 +342,60 @@ def test_an_in_memory_sqlite_store_writes_synchronously():
     assert store.write == "sync"
     with pytest.raises(ValueError):
         PredictionStore("sqlite://", write="later")
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def test_the_upgrade_command_builds_exactly_the_schema_the_code_uses(tmp_path):
+    import subprocess
+    import sys
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from ml.monitoring.schema import metadata
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    done = subprocess.run([sys.executable, "-m", "ml", "db", "upgrade", "--url", url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0001"
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    engine.dispose()
+
+
+def test_a_store_written_before_migrations_is_carried_over(tmp_path, example):
+    path = tmp_path / "old.db"
+    features = json.dumps(example)
+    with sqlite3.connect(path) as conn:  # the access-control release's schema
+        conn.executescript("""
+            CREATE TABLE predictions (id INTEGER PRIMARY KEY, request_id VARCHAR(128) NOT NULL,
+              item INTEGER NOT NULL, batch BOOLEAN NOT NULL, created_at DATETIME NOT NULL,
+              model_name VARCHAR(128) NOT NULL, model_version VARCHAR(64) NOT NULL,
+              features TEXT NOT NULL, probability_of_default FLOAT NOT NULL,
+              decision VARCHAR(16) NOT NULL, outcome VARCHAR(64), labelled_at DATETIME,
+              prediction_id VARCHAR(64), client VARCHAR(255), labelled_by VARCHAR(255));
+            CREATE INDEX ix_predictions_created_at ON predictions (created_at);
+            CREATE TABLE outcome_corrections (id INTEGER PRIMARY KEY,
+              prediction_row INTEGER NOT NULL, previous_outcome VARCHAR(64) NOT NULL,
+              outcome VARCHAR(64) NOT NULL, corrected_by VARCHAR(255) NOT NULL,
+              reason VARCHAR(500) NOT NULL, corrected_at DATETIME NOT NULL);""")
+        rows = [(1, "old", 0, None, None, None), (2, "old", 0, None, "bad", None),
+                (3, "r", 0, "p-new", "good", "key:a")]
+        for id_, rid, item, pid, outcome, client in rows:
+            conn.execute("INSERT INTO predictions VALUES (?, ?, ?, 0, "
+                         "'2026-01-01 00:00:00.000000', 'm', 'v', ?, 0.2, 'approve', ?, "
+                         "NULL, ?, ?, NULL)", (id_, rid, item, features, outcome, pid, client))
+        conn.execute("INSERT INTO outcome_corrections VALUES (1, 3, 'bad', 'good', 'key:x', "
+                     "'ledger', '2026-01-02 00:00:00.000000')")
+    store = PredictionStore(f"sqlite:///{path}")
+    stored = store.window()
+    assert [(r["prediction_id"], r["outcome"]) for r in stored] == [("old", "bad"),
+                                                                    ("p-new", "good")]
+    assert stored[0]["features"] == example
+    with store.engine().connect() as conn:
+        assert conn.execute(sa.text("SELECT prediction_id, reason FROM outcome_corrections")
+                            ).all() == [("p-new", "ledger")]
+    assert store.label("old", 0, "bad")[0] == "unchanged"

@@ -47,7 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ml.monitoring import spool as spooling
 from ml.monitoring.schema import (INSERT_COLUMNS, corrections, default_url, in_memory,
-                                  insert_ignoring_duplicates, make_engine, metadata,
+                                  insert_ignoring_duplicates, make_engine,
                                   outcomes, predictions, visible_outcome)
 
 __all__ = ["PredictionStore", "StoreUnavailable", "STORE_ERRORS", "DROPPED_ROWS",
@@ -213,7 +213,9 @@ class PredictionStore:
         return sa.engine.make_url(self.url).get_backend_name()
 
     def engine(self) -> Engine:
-        """This process's engine, created (and its tables) on first use; raises on failure."""
+        """This process's engine, created on first use; raises on failure. An SQLite file
+        behind the newest schema is upgraded here (:mod:`ml.monitoring.migrate`: the API
+        does it in the master at start); PostgreSQL is migrated by its own command."""
         self._process()
         if self._engine is not None and self._ready:
             return self._engine
@@ -221,9 +223,27 @@ class PredictionStore:
             if self._engine is None:
                 self._engine = make_engine(self.url)
             if not self._ready:
-                _create_tables(self._engine)
+                if self._engine.dialect.name == "sqlite":
+                    from ml.monitoring.migrate import ensure_sqlite
+
+                    ensure_sqlite(self._engine)
                 self._ready = True
         return self._engine
+
+    def prepare(self) -> None:
+        """Upgrade an SQLite store now and close the connection (the API calls this in
+        the gunicorn master, before the workers fork); a failure is logged, not raised:
+        the workers spool until the database works."""
+        if self.backend != "sqlite" or in_memory(self.url):
+            return
+        try:
+            self.engine()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("prediction store not ready at start", extra={"reason": _reason(exc)})
+        finally:
+            if self._engine is not None:
+                self._engine.dispose()
+            self._engine, self._ready = None, False
 
     def drainer(self) -> spooling.Drainer:
         """This process's spool writer (created on first use)."""
@@ -405,14 +425,6 @@ class PredictionStore:
         self._engine, self._ready = None, False
 
 
-def _create_tables(engine: Engine) -> None:
-    """``create_all``, tolerating another process creating the same tables at once."""
-    try:
-        metadata.create_all(engine)
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-        metadata.create_all(engine)  # the other one won; this time the check sees it
-
-
 def _label(conn: sa.Connection, prediction_id: str, item: int, outcome: str,
            by: str | None, owner: str | None, correction: str | None,
            when: datetime) -> tuple[str, dict[str, Any] | None]:
@@ -438,7 +450,8 @@ def _label(conn: sa.Connection, prediction_id: str, item: int, outcome: str,
             prediction_id=prediction_id, item=item, outcome=outcome, labelled_at=when,
             labelled_by=by, owner=owner).returning(outcomes.c.item)).first()
         if inserted is not None:
-            return "created", {"outcome": outcome, "labelled_by": by}
+            return "created", {"outcome": outcome, "labelled_by": by,
+                               "client": made.client if made is not None else None}
         existing = conn.execute(sa.select(outcomes).where(key_o)).mappings().first()
     if existing["outcome"] == outcome:
         return "unchanged", dict(existing)
