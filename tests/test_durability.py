@@ -2,6 +2,7 @@
 answered prediction lost when workers are killed (SQLite and a real PostgreSQL)."""
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import threading
@@ -74,7 +75,7 @@ def test_killed_workers_lose_no_answered_prediction(gunicorn, database, example)
         while not stop.is_set():
             try:
                 status, _, body = call(gunicorn.url + "/predict", example, timeout=5)
-            except OSError:  # the connection of a killed worker
+            except (OSError, http.client.HTTPException):  # a killed worker's connection
                 continue
             if status == 200:
                 answered.append(body["prediction_id"])
@@ -102,7 +103,7 @@ class Load:
     def __init__(self, url: str, example: dict, threads: int = 4) -> None:
         self.url, self.example = url, example
         self.answered: list[str] = []
-        self.failed: list[int] = []
+        self.failed: list[object] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
         for thread in self.threads:
@@ -110,7 +111,11 @@ class Load:
 
     def run(self) -> None:
         while not self.stop.is_set():
-            status, _, body = call(self.url + "/predict", self.example, timeout=10)
+            try:
+                status, _, body = call(self.url + "/predict", self.example, timeout=10)
+            except (OSError, http.client.HTTPException) as exc:
+                self.failed.append(repr(exc))
+                continue
             if status == 200:
                 self.answered.append(body["prediction_id"])
             else:
@@ -182,3 +187,78 @@ def test_rows_spooled_before_a_restart_are_written_after_it(
     finally:
         second.stop()
     assert not set(answered) - stored_ids(url)
+
+
+def postgres_pids(server) -> list[int]:
+    """The postmaster and its children (this test's own server)."""
+    master = int((server.data / "postmaster.pid").read_text().split()[0])
+    return [master, *map(int, Path(f"/proc/{master}/task/{master}/children").read_text()
+                         .split())]
+
+
+def test_a_hung_database_costs_a_request_its_deadline_and_predictions_go_on(
+        postgres, trained_model_dir, tmp_path, example):  # noqa: F811
+    url = postgres.url()
+    server = Server(trained_model_dir, tmp_path, DATABASE_URL=url,
+                    STORE_DEADLINE_SECONDS="2", STORE_RETRY_SECONDS="1")
+    try:
+        server.wait_ready()
+        pid = call(server.url + "/predict", example)[2]["prediction_id"]
+        load = Load(server.url, example)
+        stopped = postgres_pids(postgres)
+        for process in stopped:
+            os.kill(process, signal.SIGSTOP)
+        try:
+            time.sleep(0.5)
+            started = time.monotonic()
+            status, _, _ = call(server.url + "/feedback", {"prediction_id": pid,
+                                                           "outcome": "good"}, timeout=20)
+            took = time.monotonic() - started
+            ready_started = time.monotonic()
+            ready = call(server.url + "/ready", timeout=20)
+            ready_took = time.monotonic() - ready_started
+            before = len(load.answered)
+            time.sleep(3)
+            during = len(load.answered) - before
+        finally:
+            for process in stopped:
+                os.kill(process, signal.SIGCONT)
+        load.end()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) == 0
+    finally:
+        server.stop()
+    assert status == 503 and took < 3.5  # the 2 s deadline, not the hang
+    assert ready[0] == 200 and ready[2]["store"] == "degraded" and ready_took < 2
+    assert during > 30 and load.failed == []  # other clients answered meanwhile
+    missing = set(load.answered) - stored_ids(url)
+    assert not missing, f"{len(missing)} answered predictions lost"
+
+
+def test_slow_clients_do_not_hold_the_workers(trained_model_dir, tmp_path, example):
+    import json
+    import socket
+
+    server = Server(trained_model_dir, tmp_path)
+    slow = []
+    try:
+        server.wait_ready()
+        body = json.dumps(example).encode()
+        for _ in range(2):  # as many as there are workers
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+            slow.append(sock)
+        times = []
+        for i in range(8):
+            for sock in slow:
+                sock.sendall(body[i:i + 1])  # a byte a second each
+            started = time.monotonic()
+            assert call(server.url + "/predict", example, timeout=5)[0] == 200
+            times.append(time.monotonic() - started)
+            time.sleep(max(0.0, 1 - times[-1]))
+    finally:
+        for sock in slow:
+            sock.close()
+        server.stop()
+    assert max(times) < 1.0, times

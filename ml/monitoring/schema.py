@@ -14,9 +14,11 @@ build, and what the tests compare the migrated database with.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from typing import Any
+from datetime import datetime
+from typing import Any, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -140,3 +142,60 @@ def in_memory(url: str) -> bool:
     """An in-memory SQLite URL (each connection its own database: no spool, no thread)."""
     parsed = sa.engine.make_url(url)
     return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+
+
+# One encoder object: json.dumps(..., separators=...) builds a new one per call.
+_encode_features = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class InsertPlan:
+    """The idempotent prediction INSERT compiled once for a dialect, run through the
+    driver's ``executemany`` with each line's constant values converted once."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        compiled = insert_ignoring_duplicates(dialect).compile(
+            dialect=dialect, column_keys=list(INSERT_COLUMNS), for_executemany=True)
+        self.sql, self.dialect = compiled.string, dialect
+        self.names: tuple[str, ...] | None = None
+        if compiled.positional:
+            if tuple(compiled.positiontup or ()) != INSERT_COLUMNS:  # pragma: no cover
+                raise RuntimeError("unexpected parameter order in the compiled INSERT")
+        else:
+            self.names = INSERT_COLUMNS  # named paramstyle (psycopg): one dict per row
+        self.convert = {name: predictions.c[name].type.dialect_impl(dialect)
+                        .bind_processor(dialect) for name in INSERT_COLUMNS}
+
+    def _once(self, name: str, value: Any) -> Any:
+        convert = self.convert[name]
+        return value if convert is None else convert(value)
+
+    def rows(self, lines: Iterable[list[Any]]) -> list[Any]:
+        """Driver parameters, one per applicant, from spool lines."""
+        once, out = self._once, []
+        for pid, request_id, batch, created, name, version, client, records, results in lines:
+            head = (once("prediction_id", pid),)
+            middle = (once("request_id", request_id), once("batch", batch),
+                      once("created_at", datetime.fromisoformat(created)),
+                      once("model_name", name), once("model_version", version))
+            tail = once("client", client)
+            out.extend((*head, i, *middle, _encode_features(record), float(pd), decision,
+                        tail)
+                       for i, (record, (pd, decision)) in enumerate(zip(records, results)))
+        if self.names is not None:
+            out = [dict(zip(self.names, row)) for row in out]
+        return out
+
+    def execute(self, conn: sa.Connection, lines: Iterable[list[Any]]) -> int:
+        """Insert the rows in one ``executemany`` (rows already stored are skipped)."""
+        rows = self.rows(lines)
+        if rows:
+            conn.exec_driver_sql(self.sql, rows)
+        return len(rows)
+
+
+def line_of(prediction_id: str, request_id: str, batch: bool, created: datetime,
+            model_name: str, model_version: str, client: str | None,
+            records: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[Any]:
+    """One request as a spool line (what :meth:`InsertPlan.rows` reads)."""
+    return [prediction_id, request_id, batch, created.isoformat(), model_name, model_version,
+            client, records, [(r["probability_of_default"], r["decision"]) for r in results]]

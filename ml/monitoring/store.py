@@ -29,6 +29,7 @@ it to requests; ``python -m ml monitor`` and ``retrain`` read the same tables.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ import threading
 import time
 import weakref
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import Counter
@@ -46,8 +47,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ml.monitoring import spool as spooling
-from ml.monitoring.schema import (INSERT_COLUMNS, corrections, default_url, in_memory,
-                                  insert_ignoring_duplicates, make_engine,
+from ml.monitoring.schema import (InsertPlan, corrections, default_url, in_memory, line_of,
+                                  make_engine,
                                   outcomes, predictions, visible_outcome)
 
 __all__ = ["PredictionStore", "StoreUnavailable", "STORE_ERRORS", "DROPPED_ROWS",
@@ -60,14 +61,16 @@ FLUSH_TIMEOUT_SECONDS = 10.0
 # An unknown prediction_id this recent (its time prefix) may still be in a spool: its
 # outcome is accepted as pending. Older unknown ids are 404.
 PENDING_OUTCOME_SECONDS = 600
+# Helper threads per process for the database calls of requests (each under a deadline).
+READ_THREADS = 4
+# /ready waits at most this long for the database (a probe's own timeout is ~1-3 s).
+STATUS_SECONDS = 1.0
 
 # Module-level: prometheus_client registers a name once per process.
 STORE_ERRORS = Counter("credit_api_store_errors", "Prediction-store operations that failed "
                        "(the prediction itself was still answered).", ["operation"])
 DROPPED_ROWS = Counter("credit_api_store_dropped_rows", "Predictions answered but neither "
                        "spooled nor stored (the spool's disk refused them).", ["reason"])
-
-_encode_features = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class StoreUnavailable(RuntimeError):
@@ -101,59 +104,6 @@ def recent_server_id(prediction_id: str, now: float | None = None) -> bool:
     return -60 <= age <= PENDING_OUTCOME_SECONDS
 
 
-class InsertPlan:
-    """The idempotent prediction INSERT compiled once for a dialect, run through the
-    driver's ``executemany`` with each line's constant values converted once."""
-
-    def __init__(self, dialect: sa.Dialect) -> None:
-        compiled = insert_ignoring_duplicates(dialect).compile(
-            dialect=dialect, column_keys=list(INSERT_COLUMNS), for_executemany=True)
-        self.sql, self.dialect = compiled.string, dialect
-        self.names: tuple[str, ...] | None = None
-        if compiled.positional:
-            if tuple(compiled.positiontup or ()) != INSERT_COLUMNS:  # pragma: no cover
-                raise RuntimeError("unexpected parameter order in the compiled INSERT")
-        else:
-            self.names = INSERT_COLUMNS  # named paramstyle (psycopg): one dict per row
-        self.convert = {name: predictions.c[name].type.dialect_impl(dialect)
-                        .bind_processor(dialect) for name in INSERT_COLUMNS}
-
-    def _once(self, name: str, value: Any) -> Any:
-        convert = self.convert[name]
-        return value if convert is None else convert(value)
-
-    def rows(self, lines: Iterable[list[Any]]) -> list[Any]:
-        """Driver parameters, one per applicant, from spool lines."""
-        once, out = self._once, []
-        for pid, request_id, batch, created, name, version, client, records, results in lines:
-            head = (once("prediction_id", pid),)
-            middle = (once("request_id", request_id), once("batch", batch),
-                      once("created_at", datetime.fromisoformat(created)),
-                      once("model_name", name), once("model_version", version))
-            tail = once("client", client)
-            out.extend((*head, i, *middle, _encode_features(record), float(pd), decision,
-                        tail)
-                       for i, (record, (pd, decision)) in enumerate(zip(records, results)))
-        if self.names is not None:
-            out = [dict(zip(self.names, row)) for row in out]
-        return out
-
-    def execute(self, conn: sa.Connection, lines: Iterable[list[Any]]) -> int:
-        """Insert the rows in one ``executemany`` (rows already stored are skipped)."""
-        rows = self.rows(lines)
-        if rows:
-            conn.exec_driver_sql(self.sql, rows)
-        return len(rows)
-
-
-def line_of(prediction_id: str, request_id: str, batch: bool, created: datetime,
-            model_name: str, model_version: str, client: str | None,
-            records: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[Any]:
-    """One request as a spool line (what :meth:`InsertPlan.rows` reads)."""
-    return [prediction_id, request_id, batch, created.isoformat(), model_name, model_version,
-            client, records, [(r["probability_of_default"], r["decision"]) for r in results]]
-
-
 _STORES: "weakref.WeakSet[PredictionStore]" = weakref.WeakSet()
 
 
@@ -169,12 +119,13 @@ class PredictionStore:
         flush_seconds: longest wait of a spooled line before the writer takes it.
         spool_dir: where this database's spool lives (default: :func:`spool_directory`).
         fsync: flush each spooled line to the disk before answering.
-        deadline_seconds: longest wait of a request for the database.
+        deadline_seconds: longest wait of a request for the database (the API sets
+            ``STORE_DEADLINE_SECONDS``); None for jobs, which wait as long as it takes.
     """
 
     def __init__(self, url: str, retry_seconds: float = 5.0, write: str = "async",
                  flush_seconds: float = 0.2, spool_dir: str | None = None,
-                 fsync: bool = False, deadline_seconds: float = 5.0) -> None:
+                 fsync: bool = False, deadline_seconds: float | None = None) -> None:
         if write not in WRITE_MODES:
             raise ValueError(f"write must be one of {WRITE_MODES}, got {write!r}")
         self.url = url
@@ -188,6 +139,7 @@ class PredictionStore:
         self._plan: InsertPlan | None = None
         self._drainer: spooling.Drainer | None = None
         self._failed_at: float | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         _STORES.add(self)
 
@@ -204,6 +156,7 @@ class PredictionStore:
             if self._engine is not None:
                 self._engine.dispose(close=False)
             self._engine, self._ready, self._plan, self._drainer = None, False, None, None
+            self._pool = None  # its threads were the parent's
             self._lock = threading.Lock()
             self._pid = os.getpid()
 
@@ -283,6 +236,37 @@ class PredictionStore:
             self._failed_at = None
         return result
 
+    def _within(self, work: Any, seconds: float | None) -> Any:
+        """:meth:`_run` ``work`` for a request, which waits at most ``seconds``.
+
+        The driver cannot be interrupted (a stopped server still has its socket
+        acknowledged by the kernel, and its statement_timeout never fires), so the call
+        runs in one of a few helper threads and the request stops waiting: it costs the
+        request its deadline, and the worker only a helper thread until the server
+        answers. The breaker then answers the next requests at once.
+        """
+        if seconds is None or in_memory(self.url):  # in memory: one database per thread
+            return self._run(work)
+        self._process()
+        self._guard()
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        READ_THREADS, thread_name_prefix="prediction-store-read")
+        future = self._pool.submit(self._run, work)
+        try:
+            return future.result(timeout=max(seconds, 0.01))
+        except concurrent.futures.TimeoutError:
+            self._failed_at = time.monotonic()
+            raise StoreUnavailable(f"the database did not answer within {seconds:g} s"
+                                   ) from None
+
+    def _deadline(self) -> float | None:
+        """When a request's database work must be done (monotonic), None for jobs."""
+        seconds = self.deadline_seconds
+        return None if seconds is None else time.monotonic() + seconds
+
     def status(self) -> str:
         """``ok``, or ``degraded`` while the database does not answer or the writer cannot
         write (predictions are then answered and wait in the spool). Never trips the
@@ -290,7 +274,8 @@ class PredictionStore:
         if self._drainer is not None and self._drainer.failing is not None:
             return "degraded"
         try:
-            self._run(lambda conn: conn.execute(sa.text("SELECT 1")), guard=False)
+            self._within(lambda conn: conn.execute(sa.text("SELECT 1")),
+                         min(self.deadline_seconds or STATUS_SECONDS, STATUS_SECONDS))
         except StoreUnavailable:
             return "degraded"
         return "ok"
@@ -385,10 +370,11 @@ class PredictionStore:
             ``("created" | "unchanged" | "conflict" | "corrected", row)``, or
             ``("unknown", None)``. A conflict leaves the outcome as it was.
         """
-        self.flush(min(FLUSH_TIMEOUT_SECONDS, self.deadline_seconds))
+        deadline = self._deadline()
+        self.flush(FLUSH_TIMEOUT_SECONDS if deadline is None else self.deadline_seconds / 2)
         when = now or datetime.now(timezone.utc)
         args = (prediction_id, item, outcome, by, owner, correction, when)
-        return self._run(lambda conn: _label(conn, *args))
+        return self._within(lambda conn: _label(conn, *args), _left(deadline))
 
     # ------------------------------------------------------------------ reads
 
@@ -397,7 +383,8 @@ class PredictionStore:
                ) -> list[dict[str, Any]]:
         """Stored predictions with their outcomes, oldest first: the ``last`` N rows, or
         those of the last ``days`` days, or all; features decoded from JSON."""
-        self.flush(min(FLUSH_TIMEOUT_SECONDS, self.deadline_seconds))
+        deadline = self._deadline()
+        self.flush(FLUSH_TIMEOUT_SECONDS if deadline is None else self.deadline_seconds / 2)
         join = predictions.outerjoin(outcomes, visible_outcome())
         query = sa.select(predictions, outcomes.c.outcome, outcomes.c.labelled_at,
                           outcomes.c.labelled_by).select_from(join)
@@ -409,7 +396,8 @@ class PredictionStore:
         query = query.order_by(predictions.c.id.desc())
         if last is not None:
             query = query.limit(last)
-        rows = self._run(lambda conn: [dict(r) for r in conn.execute(query).mappings()])
+        rows = self._within(lambda conn: [dict(r) for r in conn.execute(query).mappings()],
+                            _left(deadline))
         for row in rows:
             row["features"] = json.loads(row["features"])
         rows.reverse()
@@ -423,6 +411,10 @@ class PredictionStore:
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()
         self._engine, self._ready = None, False
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
 
 
 def _label(conn: sa.Connection, prediction_id: str, item: int, outcome: str,
