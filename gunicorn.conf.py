@@ -4,7 +4,8 @@ Read by the gunicorn master before it imports the app, which is why the environm
 set up first: BLAS/OpenMP thread pools must be sized before numpy is imported, and
 prometheus_client picks its multiprocess mode when it is first imported.
 
-Environment: PORT (8080), WEB_CONCURRENCY (2 workers), GUNICORN_TIMEOUT (30 s),
+Environment: PORT (8080), WEB_CONCURRENCY (2 workers), GUNICORN_THREADS (4 per worker),
+GUNICORN_TIMEOUT (30 s),
 LOG_LEVEL (INFO), PROMETHEUS_MULTIPROC_DIR (a fresh temporary directory if unset).
 """
 import os
@@ -43,7 +44,12 @@ from app.logs import configure_logging  # noqa: E402 - after the environment set
 
 bind = [f"0.0.0.0:{int(os.environ.get('PORT', '8080'))}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "sync"
+# Threads, so that a slow client (a body sent a byte a second) holds one thread of a
+# worker, not the worker, and a database call waiting for its deadline holds one thread
+# too; requests are CPU-bound and short, so a few threads per worker suffice
+# (tests/test_durability.py, docs/design.md).
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 # Load the model once in the master; forked workers share its memory pages.
 preload_app = True
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
@@ -78,18 +84,25 @@ loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
 accesslog = None
 
 
-def worker_exit(server, worker):
-    """A worker is stopping (graceful stop, restart): write the predictions it has queued.
+def post_worker_init(worker):
+    """A worker is ready: start its prediction-store writer, which at once drains the
+    spool files that dead workers left (ml/monitoring/spool.py)."""
+    from ml.monitoring.store import start_all
 
-    The prediction store writes behind the request (ml/monitoring/store.py); this is what makes a
-    graceful stop lose nothing. ``atexit`` would do it too, later; this runs first and
-    says so in the log if the database did not take them in time.
+    start_all()
+
+
+def worker_exit(server, worker):
+    """A worker is stopping (graceful stop, restart): write the predictions it has spooled.
+
+    What the database does not take in time stays in the spool file, which the next
+    worker drains; this only makes a graceful stop leave no spool behind.
     """
     from ml.monitoring.store import flush_all
 
     if not flush_all(timeout=graceful_timeout / 2):
-        server.log.warning("predictions still queued at worker exit were not stored",
-                           extra={"worker_pid": worker.pid})
+        server.log.warning("predictions still spooled at worker exit; the next worker "
+                           "writes them", extra={"worker_pid": worker.pid})
 
 
 def child_exit(server, worker):

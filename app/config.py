@@ -103,14 +103,20 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
                                 "sqlite:///<temp dir>/predictions.db)"),
     "STORE_RETRY_SECONDS": (5, _positive_int, "After a store failure, seconds before it is "
                                               "tried again (predictions go on meanwhile)"),
-    "STORE_WRITE": ("async", _write_mode, "async: predictions are queued and written by a "
-                                          "background thread every STORE_FLUSH_SECONDS "
-                                          "(lost on a worker's SIGKILL/OOM kill, never on "
-                                          "a graceful stop); sync: written in the request"),
-    "STORE_FLUSH_SECONDS": (0.2, _positive_float, "async store: longest wait of a queued "
-                                                  "prediction before it is written"),
-    "STORE_QUEUE_ROWS": (10000, _positive_int, "async store: most predictions queued per "
-                                               "worker; beyond it they are dropped (counted)"),
+    "STORE_WRITE": ("async", _write_mode, "async: each prediction is appended to the "
+                                          "worker's spool file before the answer and "
+                                          "written by a background thread; sync: inserted "
+                                          "in the request (spooled if that fails)"),
+    "STORE_FLUSH_SECONDS": (0.2, _positive_float, "Longest wait of a spooled prediction "
+                                                  "before the writer takes it"),
+    "STORE_SPOOL_DIR": (None, str, "Directory of the prediction spool files, on the pod's "
+                                   "volume (default: <temp dir>/prediction-spool/<hash of "
+                                   "DATABASE_URL>)"),
+    "STORE_SPOOL_FSYNC": (False, parse_bool, "fsync each spooled prediction before the "
+                                             "answer (survives the loss of the node; costs "
+                                             "a disk flush per request)"),
+    "STORE_DEADLINE_SECONDS": (5, _positive_float, "Longest a request waits for the "
+                                                   "database (feedback, monitoring)"),
     "MONITORING_LAST": (5000, _positive_int, "Predictions GET /monitoring looks at when "
                                              "neither last nor days is given"),
     "MONITORING_MAX_ROWS": (100000, _positive_int, "Most predictions one GET /monitoring "

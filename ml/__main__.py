@@ -20,6 +20,7 @@ COMMANDS = {
     "train": ("ml.training.train", "train, evaluate and write a model artifact"),
     "score": ("ml.batch.score", "score a portfolio CSV with a model artifact"),
     "card": ("ml.training.report", "write the model card (Markdown and plots) for the docs"),
+    "db": ("ml.monitoring.migrate", "apply the prediction store's schema migrations"),
     "monitor": ("ml.monitoring.monitor", "drift and outcome report of the prediction store"),
     "retrain": ("ml.training.retrain",
                 "train a challenger with fed-back outcomes; promote if better"),

@@ -117,7 +117,8 @@ class Server:
                    if k not in ("PROMETHEUS_MULTIPROC_DIR", "XDG_RUNTIME_DIR")}
         environ.update(PORT=str(self.port), MODEL_DIR=str(model_dir), WEB_CONCURRENCY="2",
                        HOME=str(self.home), TMPDIR=str(tmp), PYTHONUNBUFFERED="1",
-                       DATABASE_URL=f"sqlite:///{self.database}", **env)
+                       DATABASE_URL=f"sqlite:///{self.database}")
+        environ.update(env)  # a test may name another database
         self.started = time.monotonic()
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(

@@ -47,7 +47,7 @@ def test_empty_environment_variable_means_default():
                                         ("LOG_FEATURES", "perhaps"), ("LOG_LEVEL", "loud"),
                                         ("STORE_WRITE", "later"), ("STORE_FLUSH_SECONDS", "0"),
                                         ("STORE_FLUSH_SECONDS", "nan"),
-                                        ("STORE_QUEUE_ROWS", "-5")])
+                                        ("STORE_DEADLINE_SECONDS", "-5")])
 def test_bad_environment_value_fails_start_up_naming_the_variable(name, value):
     with pytest.raises(ValueError, match=name):
         load_config(environ={name: value})

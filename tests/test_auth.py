@@ -394,8 +394,9 @@ def rows(app):
     engine = app.extensions["prediction_store"].engine()
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(sa.text(
-            "SELECT prediction_id, request_id, client, outcome, labelled_by FROM predictions"
-            " ORDER BY id")).mappings()]
+            "SELECT p.prediction_id, p.request_id, p.client, o.outcome, o.labelled_by"
+            " FROM predictions p LEFT JOIN outcomes o ON o.prediction_id = p.prediction_id"
+            " AND o.item = p.item ORDER BY p.id")).mappings()]
 
 
 def test_a_copied_request_id_reaches_nothing_of_the_other_client(tmp_path, trained_model_dir,

@@ -121,7 +121,7 @@ def test_sigterm_stops_gracefully_and_every_queued_prediction_is_stored(server):
     answered: dict[str, int] = {}
     for r in records:
         if r.get("endpoint") == "/predict" and r.get("status") == 200:
-            assert r["stored"] == "queued"
+            assert r["stored"] == "spooled"
             answered[r["request_id"]] = answered.get(r["request_id"], 0) + r.get("count", 1)
     assert len({r["pid"] for r in records if r.get("endpoint") == "/predict"}) == 2
     with sqlite3.connect(server.database) as conn:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
+from datetime import datetime, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -84,50 +84,61 @@ def test_rows_and_feedback_survive_a_restart_on_the_same_database(make_app, db_u
     "postgresql+psycopg://nobody:x@127.0.0.1:9/none",        # nothing listens on port 9
 ], ids=["unwritable-sqlite", "unreachable-postgres"])
 @pytest.mark.parametrize("mode", ["async", "sync"])
-def test_a_store_outage_keeps_predictions_and_the_audit_line(make_app, url, mode,
-                                                             example, capsys):
+def test_a_store_outage_keeps_predictions_in_the_spool_and_the_audit_line(
+        make_app, url, mode, example, capsys):
     app = make_app(DATABASE_URL=url, STORE_WRITE=mode)
     client = app.test_client()
     store = app.extensions["prediction_store"]
     capsys.readouterr()
-    ids = []
-    for i in range(3):  # the later ones skip the store during the retry back-off
+    for i in range(3):
         response = client.post("/predict", json=example, headers={"X-Request-ID": f"out-{i}"})
         assert response.status_code == 200
         assert 0 <= response.get_json()["probability_of_default"] <= 1
-        ids.append(response.get_json()["request_id"])
-        assert store.flush(5)  # async: the writer has tried (and failed) before the next
+    assert not store.flush(1)  # nothing can be written: the rows wait in the spool
+    assert store.backlog() == 3
     out = capsys.readouterr().out
     lines = request_lines(out, "/predict")
     assert len(lines) == 3 and all(line["decision"] for line in lines)
-    if mode == "sync":
-        assert [line["stored"] for line in lines] == [False] * 3
-    else:
-        # The first was queued, and its group write failed: one warning names it. The
-        # next two met the open breaker and were dropped at once.
-        assert [line["stored"] for line in lines] == ["queued", "dropped", "dropped"]
-        [warning] = [r for r in json_lines(out) if r["message"] == "predictions not stored"]
-        assert warning["level"] == "WARNING"
-        assert warning["rows"] == 1 and warning["request_ids"] == ids[:1]
+    assert [line["stored"] for line in lines] == ["spooled"] * 3
+    [warning] = [r for r in json_lines(out) if r["message"].startswith(
+        "prediction store unavailable")]
+    assert warning["level"] == "WARNING" and "nobody" not in json.dumps(warning)
     ready = client.get("/ready")
     assert ready.status_code == 200
-    assert ready.get_json()["store"] == "unavailable"
+    assert ready.get_json()["store"] == "degraded"
     assert client.get("/health_check").status_code == 200
-    errors = client.get("/metrics").get_data(as_text=True)
-    assert 'credit_api_store_errors_total{operation="write"}' in errors
     for path, kwargs in (("/monitoring", {}),
                          ("/feedback", {"json": {"prediction_id": "x", "outcome": "good"}})):
         answer = getattr(client, "get" if path == "/monitoring" else "post")(path, **kwargs)
         assert answer.status_code == 503
         assert set(answer.get_json()) == {"error", "message", "details"}
         assert "nobody" not in answer.get_data(as_text=True)
+    errors = client.get("/metrics").get_data(as_text=True)
+    assert 'credit_api_store_errors_total{operation="feedback"}' in errors
+
+
+def test_rows_spooled_during_an_outage_are_stored_in_order_when_it_ends(
+        make_app, tmp_path, example):
+    directory = tmp_path / "later"
+    url = f"sqlite:///{directory / 'p.db'}"
+    app = make_app(DATABASE_URL=url, STORE_RETRY_SECONDS=1)
+    client = app.test_client()
+    store = app.extensions["prediction_store"]
+    for i in range(4):
+        assert client.post("/predict", json=example, headers={"X-Request-ID": f"o-{i}"}
+                           ).status_code == 200
+    assert not store.flush(0.5)
+    directory.mkdir()  # the database is back
+    assert store.flush(10)
+    assert committed_ids(url) == [f"o-{i}" for i in range(4)]
+    assert client.get("/ready").get_json()["store"] == "ok"
 
 
 def test_store_comes_back_after_the_retry_pause(tmp_path, example):
     directory = tmp_path / "later"
     store = PredictionStore(f"sqlite:///{directory / 'p.db'}", retry_seconds=0)
     result = {"probability_of_default": 0.2, "decision": "approve"}
-    assert store.status() == "unavailable"
+    assert store.status() == "degraded"
     directory.mkdir()
     assert store.status() == "ok"
     assert store.save("r", [example], [result], "m", "v", False) == 1
@@ -196,7 +207,7 @@ def test_a_queued_prediction_is_answered_before_it_is_written_and_a_read_flushes
     capsys.readouterr()
     answer = client.post("/predict", json=example, headers={"X-Request-ID": "q-1"})
     assert answer.status_code == 200
-    assert request_lines(capsys.readouterr().out, "/predict")[0]["stored"] == "queued"
+    assert request_lines(capsys.readouterr().out, "/predict")[0]["stored"] == "spooled"
     assert committed_ids(db_url) == []  # answered; the writer waits up to 60 s
     # Feedback right after the prediction, in the same process, finds it.
     assert client.post("/feedback", json={"prediction_id": answer.get_json()["prediction_id"],
@@ -239,13 +250,13 @@ def test_the_writer_thread_runs_at_a_lower_priority_than_the_requests(tmp_path, 
     the thread that enqueues keeps its own priority."""
     import threading
 
-    from ml.monitoring.store import WRITER_NICE
+    from ml.monitoring.spool import WRITER_NICE
     store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}", flush_seconds=0)
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert store.enqueue("r0", [example], [RESULT], "m", "v", False)
     assert store.flush(5)
     writer, = [t for t in threading.enumerate() if t.name == "prediction-store-writer"
-               and t.is_alive() and store._queue._thread is t]
+               and t.is_alive() and store.drainer().thread is t]
     assert os.getpriority(os.PRIO_PROCESS, writer.native_id) == max(mine, WRITER_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
@@ -266,63 +277,43 @@ def test_many_requests_are_written_in_a_few_transactions(tmp_path, example):
     assert len(queued.window()) == len(synced.window()) == 200
 
 
-def test_enough_pending_rows_are_written_without_waiting_for_the_interval(tmp_path, example):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    store = PredictionStore(url, flush_seconds=60, batch_rows=10)
-    store.enqueue("small", [example] * 4, [RESULT] * 4, "m", "v", True)
-    store.enqueue("big", [example] * 6, [RESULT] * 6, "m", "v", True)
-    deadline = time.monotonic() + 10
-    while len(committed_ids(url)) < 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert committed_ids(url) == ["small"] * 4 + ["big"] * 6
-
-
-def test_a_full_queue_drops_the_request_counts_it_and_never_blocks(make_app, db_url,
-                                                                   example, capsys):
-    app = make_app(DATABASE_URL=db_url, STORE_FLUSH_SECONDS=60, STORE_QUEUE_ROWS=2)
-    client = app.test_client()
-    before = counter("credit_api_store_dropped_rows_total", reason="queue_full")
-    capsys.readouterr()
-    started = time.monotonic()
-    for request_id, body in (("fits", example), ("too-many", {"instances": [example] * 2}),
-                             ("fits-too", example)):
-        assert client.post("/predict", json=body, headers={"X-Request-ID": request_id}
-                           ).status_code == 200
-    assert time.monotonic() - started < 5  # nowhere near the 60 s flush interval
-    lines = request_lines(capsys.readouterr().out, "/predict")
-    assert [line["stored"] for line in lines] == ["queued", "dropped", "queued"]
-    assert "full" in lines[1]["store_error"]
-    assert counter("credit_api_store_dropped_rows_total", reason="queue_full") == before + 2
-    assert [r["request_id"] for r in app.extensions["prediction_store"].window()] == [
-        "fits", "fits-too"]
-
-
-def test_a_failed_group_write_is_counted_and_logged_with_request_ids_only(
+def test_a_failed_group_write_keeps_the_rows_and_logs_no_feature_values(
         make_app, db_url, example, capsys):
     app = make_app(DATABASE_URL=db_url, STORE_FLUSH_SECONDS=60)
     client = app.test_client()
     store = app.extensions["prediction_store"]
     assert client.get("/ready").get_json()["store"] == "ok"  # engine and table made
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
-        conn.execute("DROP TABLE predictions")  # every insert now fails
-    errors = counter("credit_api_store_errors_total", operation="write")
-    lost = counter("credit_api_store_dropped_rows_total", reason="write_failed")
+        schema = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'predictions'"
+                              ).fetchone()[0]
+        conn.execute("ALTER TABLE predictions RENAME TO gone")  # every insert now fails
     capsys.readouterr()
-    for request_id, body in (("lost-1", example), ("lost-2", {"instances": [example] * 2})):
+    for request_id, body in (("kept-1", example), ("kept-2", {"instances": [example] * 2})):
         assert client.post("/predict", json=body, headers={"X-Request-ID": request_id}
                            ).status_code == 200
-    assert store.flush(5)
+    assert not store.flush(1)
     out = capsys.readouterr().out
-    [warning] = [r for r in json_lines(out) if r["message"] == "predictions not stored"]
-    assert warning["level"] == "WARNING" and warning["logger"] == "ml.monitoring.store"
-    assert warning["rows"] == 3 and warning["request_ids"] == ["lost-1", "lost-2"]
-    assert "no such table" in warning["reason"]
-    assert set(warning) <= {"timestamp", "level", "logger", "message", "pid", "reason",
-                            "backend", "rows", "request_ids"}
+    [warning] = [r for r in json_lines(out) if r["message"].startswith(
+        "prediction store unavailable")]
+    assert warning["level"] == "WARNING" and "no such table" in warning["reason"]
     assert not any(name in json.dumps(warning) for name in example)  # no feature values
-    assert counter("credit_api_store_errors_total", operation="write") == errors + 1
-    assert counter("credit_api_store_dropped_rows_total", reason="write_failed") == lost + 3
-    assert [line["stored"] for line in request_lines(out, "/predict")] == ["queued"] * 2
+    assert [line["stored"] for line in request_lines(out, "/predict")] == ["spooled"] * 2
+    assert client.get("/ready").get_json()["store"] == "degraded"
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        conn.execute(schema)
+    assert store.flush(10)
+    assert committed_ids(db_url) == ["kept-1", "kept-2", "kept-2"]
+
+
+def test_a_line_replayed_from_the_spool_is_stored_once(tmp_path, example):
+    from ml.monitoring.store import line_of
+    store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}")
+    line = line_of("pid-1", "r", True, datetime.now(timezone.utc), "m", "v", None,
+                   [example] * 2, [RESULT] * 2)
+    store._write_lines([line])
+    store._write_lines([line, line])  # a crash between insert and deletion of the spool
+    assert [(r["prediction_id"], r["item"]) for r in store.window()] == [
+        ("pid-1", 0), ("pid-1", 1)]
 
 
 def test_a_forked_child_writes_its_own_rows_and_not_its_parents(tmp_path, example):
@@ -351,3 +342,60 @@ def test_an_in_memory_sqlite_store_writes_synchronously():
     assert store.write == "sync"
     with pytest.raises(ValueError):
         PredictionStore("sqlite://", write="later")
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def test_the_upgrade_command_builds_exactly_the_schema_the_code_uses(tmp_path):
+    import subprocess
+    import sys
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from ml.monitoring.schema import metadata
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    done = subprocess.run([sys.executable, "-m", "ml", "db", "upgrade", "--url", url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0001"
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    engine.dispose()
+
+
+def test_a_store_written_before_migrations_is_carried_over(tmp_path, example):
+    path = tmp_path / "old.db"
+    features = json.dumps(example)
+    with sqlite3.connect(path) as conn:  # the access-control release's schema
+        conn.executescript("""
+            CREATE TABLE predictions (id INTEGER PRIMARY KEY, request_id VARCHAR(128) NOT NULL,
+              item INTEGER NOT NULL, batch BOOLEAN NOT NULL, created_at DATETIME NOT NULL,
+              model_name VARCHAR(128) NOT NULL, model_version VARCHAR(64) NOT NULL,
+              features TEXT NOT NULL, probability_of_default FLOAT NOT NULL,
+              decision VARCHAR(16) NOT NULL, outcome VARCHAR(64), labelled_at DATETIME,
+              prediction_id VARCHAR(64), client VARCHAR(255), labelled_by VARCHAR(255));
+            CREATE INDEX ix_predictions_created_at ON predictions (created_at);
+            CREATE TABLE outcome_corrections (id INTEGER PRIMARY KEY,
+              prediction_row INTEGER NOT NULL, previous_outcome VARCHAR(64) NOT NULL,
+              outcome VARCHAR(64) NOT NULL, corrected_by VARCHAR(255) NOT NULL,
+              reason VARCHAR(500) NOT NULL, corrected_at DATETIME NOT NULL);""")
+        rows = [(1, "old", 0, None, None, None), (2, "old", 0, None, "bad", None),
+                (3, "r", 0, "p-new", "good", "key:a")]
+        for id_, rid, item, pid, outcome, client in rows:
+            conn.execute("INSERT INTO predictions VALUES (?, ?, ?, 0, "
+                         "'2026-01-01 00:00:00.000000', 'm', 'v', ?, 0.2, 'approve', ?, "
+                         "NULL, ?, ?, NULL)", (id_, rid, item, features, outcome, pid, client))
+        conn.execute("INSERT INTO outcome_corrections VALUES (1, 3, 'bad', 'good', 'key:x', "
+                     "'ledger', '2026-01-02 00:00:00.000000')")
+    store = PredictionStore(f"sqlite:///{path}")
+    stored = store.window()
+    assert [(r["prediction_id"], r["outcome"]) for r in stored] == [("old", "bad"),
+                                                                    ("p-new", "good")]
+    assert stored[0]["features"] == example
+    with store.engine().connect() as conn:
+        assert conn.execute(sa.text("SELECT prediction_id, reason FROM outcome_corrections")
+                            ).all() == [("p-new", "ledger")]
+    assert store.label("old", 0, "bad")[0] == "unchanged"

@@ -1,0 +1,1 @@
+"""Alembic migrations of the prediction store (``python -m ml db upgrade``)."""
