@@ -90,10 +90,9 @@ def test_writes_each_input_row_then_its_scores(predictor, spec, raw, tmp_path):
     expected = expected_scores(predictor, spec, raw)
     assert np.max(np.abs(out["probability_of_default"].astype(float).to_numpy()
                          - expected["probability_of_default"].to_numpy())) <= 1e-12
-    # The score is written with 2 decimals, zero-padded to a fixed width.
-    assert out["score"].str.fullmatch(r"-?\d{3,4}\.\d\d").all()
+    # The score is written at full precision, like the PD (and as the API answers it).
     assert np.max(np.abs(out["score"].astype(float).to_numpy()
-                         - expected["score"].to_numpy())) <= 0.005 + 1e-9
+                         - expected["score"].to_numpy())) <= 1e-9
     for column in OUTPUT_COLUMNS[2:]:
         assert out[column].tolist() == expected[column].tolist()
     assert not (tmp_path / "out.csv.errors.csv").exists()
@@ -214,7 +213,7 @@ def test_an_awkward_csv_scores_the_same(predictor, spec, raw, tmp_path, blank_li
     assert np.max(np.abs(out["probability_of_default"].astype(float).to_numpy()
                          - expected["probability_of_default"].to_numpy())) <= 1e-12
     assert np.max(np.abs(out["score"].astype(float).to_numpy()
-                         - expected["score"].to_numpy())) <= 0.005 + 1e-9
+                         - expected["score"].to_numpy())) <= 1e-9
 
 
 def test_a_ragged_row_is_reported_with_its_line(predictor, raw, tmp_path):
