@@ -676,7 +676,7 @@ def test_api_pods_migrate_the_store_and_jobs_run_the_trainer_image(overlay, rend
     for deployment in find(docs, "Deployment"):
         (migrate,) = deployment["spec"]["template"]["spec"]["initContainers"]
         assert migrate["image"] == containers(deployment)[0]["image"]
-        assert "PredictionStore" in " ".join(migrate["command"])
+        assert migrate["command"] == ["python", "-m", "ml", "db", "upgrade"]  # Alembic
         assert [e["name"] for e in migrate["env"]] == ["DATABASE_URL"]
     for job in find(docs, "CronJob"):
         (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
