@@ -110,7 +110,10 @@ def requests_for_every_route(server: Server) -> dict[str, tuple]:
 def test_no_worker_loads_training_libraries_after_every_route(server):
     routes = requests_for_every_route(server)
     # Stored before it is labelled: the feedback may reach the other worker.
-    assert call(server.url + "/predict", *routes["/predict"][1:])[0] == 200
+    status, _, made = call(server.url + "/predict", *routes["/predict"][1:])
+    assert status == 200
+    routes["/feedback"] = ("/feedback", {"prediction_id": made["prediction_id"],
+                                         "outcome": "bad"})
     time.sleep(1.0)  # > STORE_FLUSH_SECONDS (0.2 s), the write-behind delay
     served: dict[str, set[int]] = {name: set() for name in routes}
     for round_ in range(ROUNDS):
