@@ -93,7 +93,7 @@ def requests_for_every_route(server: Server) -> dict[str, tuple]:
     form = urllib.parse.urlencode({k: "" if v is None else v for k, v in example.items()})
     return {
         "/predict": ("/predict", example, {"X-Request-ID": "boundary"}),
-        "/feedback": ("/feedback", {"request_id": "boundary", "outcome": "bad"}),
+        "/feedback": None,  # addressed to the prediction made first (its prediction_id)
         "/monitoring": ("/monitoring?last=50",),
         "/metrics": ("/metrics",),
         "/model": ("/model",),

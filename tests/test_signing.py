@@ -23,6 +23,8 @@ from ml.serving.errors import SignatureError
 from ml.serving.predictor import Predictor
 from ml.training.publish import load_artifact, resign
 
+from helpers import CLIENT_HEADERS
+
 ROOT = Path(__file__).resolve().parent.parent
 FILES = (MODEL_FILE, COMPILED_FILE, COMPILED_ARRAYS, CARD_FILE, "evaluation.json")
 
@@ -133,6 +135,7 @@ def test_serving_never_unpickles_even_a_pickle_signed_by_a_trusted_key(models, t
     malicious_pickle(directory, None)
     resign_in_place(directory)
     client = create_app({"MODEL_DIR": str(root)}).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = CLIENT_HEADERS["Authorization"]
     assert client.get("/ready").status_code == 200
     example = client.get("/model").get_json()["example"]
     assert client.post("/predict", json=example).status_code == 200
@@ -143,6 +146,7 @@ def test_serving_never_unpickles_even_a_pickle_signed_by_a_trusted_key(models, t
 
 def test_model_shows_the_verified_signer(trained_model_dir, signing_keys):
     client = create_app({"MODEL_DIR": str(trained_model_dir)}).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = CLIENT_HEADERS["Authorization"]
     body = client.get("/model").get_json()
     expected = signing.key_id(signing.signing_key(signing_keys[0]))
     assert body["signature"]["key_id"] == expected
