@@ -356,8 +356,9 @@ def build_openapi(spec: DatasetSpec | None, card: dict[str, Any] | None,
         "Ready": {"type": "object", "required": ["status", "model"],
                   "properties": {"status": {"type": "string", "enum": ["ready"]},
                                  "model": {"$ref": REF + "ModelRef"},
-                                 "store": {"type": "string", "enum": ["ok", "unavailable"],
-                                           "description": "The prediction store; informs, "
+                                 "store": {"type": "string", "enum": ["ok", "degraded"],
+                                           "description": "The prediction store (degraded: "
+                                           "predictions wait in the spool); informs, "
                                            "never fails readiness."}}},
         **monitoring_schemas(card),
         "ModelCard": {"type": "object",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ml.monitoring.store import STORE_ERRORS, PredictionStore, StoreUnavailable, default_url
+from ml.monitoring.store import PredictionStore, StoreUnavailable, default_url
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ def save_predictions(app: Any, request_id: str, records: list[dict[str, Any]],
         try:
             store.save(*args, **ids)
             return {"stored": True}
-        except StoreUnavailable as exc:
-            STORE_ERRORS.labels("write").inc()
+        except StoreUnavailable as exc:  # counted by the store
             log.warning("prediction not stored at once; spooled", extra={
                 "reason": str(exc), "backend": store.backend})
     if store.enqueue(*args, **ids):

@@ -1,7 +1,7 @@
 """The prediction store on a real SQLite file: every prediction saved, nothing lost on
-restart, and an outage that neither stops predictions nor loses the audit log line;
-the write-behind queue: group commits, a bounded queue, failures counted and logged,
-a forked worker writing its own rows."""
+restart, and an outage that neither stops predictions nor loses their rows (they wait in
+the spool); the spool's writer: group commits, failures retried and logged, a forked
+worker writing its own rows; the migrations."""
 from __future__ import annotations
 
 import json
@@ -114,6 +114,7 @@ def test_a_store_outage_keeps_predictions_in_the_spool_and_the_audit_line(
         assert set(answer.get_json()) == {"error", "message", "details"}
         assert "nobody" not in answer.get_data(as_text=True)
     errors = client.get("/metrics").get_data(as_text=True)
+    assert 'credit_api_store_errors_total{operation="write"}' in errors  # the alert's input
     assert 'credit_api_store_errors_total{operation="feedback"}' in errors
 
 
@@ -197,7 +198,7 @@ def test_a_reused_request_id_keeps_both_predictions_each_with_its_own_prediction
     assert client.get("/ready").get_json()["store"] == "ok"
 
 
-# --------------------------------------------------------------------------- write-behind
+# --------------------------------------------------------------------------- spool
 
 
 def test_a_queued_prediction_is_answered_before_it_is_written_and_a_read_flushes_it(

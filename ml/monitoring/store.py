@@ -289,7 +289,11 @@ class PredictionStore:
             if plan is None or plan.dialect is not conn.dialect:
                 plan = self._plan = InsertPlan(conn.dialect)
             return plan.execute(conn, lines)
-        return self._run(work, guard=False)
+        try:
+            return self._run(work, guard=False)
+        except StoreUnavailable:
+            STORE_ERRORS.labels("write").inc()  # what the CreditRiskStoreErrors alert watches
+            raise
 
     def save(self, request_id: str, records: list[dict[str, Any]],
              results: list[dict[str, Any]], model_name: str, model_version: str,
