@@ -45,16 +45,10 @@ RECORDED_LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib")
 sha256_of = signing.sha256_of
 
 
-@dataclass
-class Artifact:
-    """A verified artifact: its card and spec, the compiled model, and who signed it."""
+class CardFields:
+    """What every loaded artifact reads off its model card (``self.card``)."""
 
     card: dict[str, Any]
-    spec: DatasetSpec
-    path: Path
-    fast: FastModel
-    signer: str = ""
-    signed_at: str = ""
 
     @property
     def name(self) -> str:
@@ -70,6 +64,18 @@ class Artifact:
     def threshold(self) -> float:
         """Cost-optimal decision threshold on P(default)."""
         return float(self.card["threshold"])
+
+
+@dataclass
+class Artifact(CardFields):
+    """A verified artifact: its card and spec, the compiled model, and who signed it."""
+
+    card: dict[str, Any]
+    spec: DatasetSpec
+    path: Path
+    fast: FastModel
+    signer: str = ""
+    signed_at: str = ""
 
 
 def library_versions(libraries: tuple[str, ...] = RECORDED_LIBRARIES) -> dict[str, str]:

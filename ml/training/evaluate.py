@@ -18,15 +18,8 @@ from sklearn.metrics import (brier_score_loss, confusion_matrix, log_loss,
                              precision_recall_fscore_support, roc_auc_score)
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from ml.monitoring.outcomes import expected_cost  # one definition, numpy only
 from ml.spec.schema import CATEGORICAL, CostMatrix, DatasetSpec, Feature
-
-
-def expected_cost(y: np.ndarray, decline: np.ndarray, cost: CostMatrix) -> float:
-    """Average cost per applicant of the decisions ``decline`` (True = declined)."""
-    y = np.asarray(y)
-    approve_bad = np.sum(~decline & (y == 1))
-    decline_good = np.sum(decline & (y == 0))
-    return float((cost.approve_bad * approve_bad + cost.decline_good * decline_good) / len(y))
 
 
 def cost_curve(y: np.ndarray, p: np.ndarray, cost: CostMatrix,

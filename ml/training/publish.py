@@ -25,14 +25,14 @@ from typing import Any, Callable
 import joblib
 
 from ml.serving import modelfile, signing
-from ml.serving.artifact import (CARD_FILE, COMPILED_ARRAYS, COMPILED_FILE, MODEL_FILE,
+from ml.serving.artifact import (CARD_FILE, CardFields, COMPILED_ARRAYS, COMPILED_FILE, MODEL_FILE,
                                  check_versions_of, verified, write_latest)
 from ml.serving.errors import ArtifactError
 from ml.serving.predictor import Predictor
 from ml.spec import config
 from ml.spec.schema import DatasetSpec
 from ml.training.compile import check_against, compile_model
-from ml.training.data import records_to_frame
+from ml.training.data import (records_to_frame)
 
 # Pickles of these are tied to the exact version that wrote them.
 PINNED_LIBRARIES = ("scikit-learn", "numpy", "joblib")
@@ -40,7 +40,7 @@ TRAINER_IMAGE_ENV = "TRAINER_IMAGE_DIGEST"
 
 
 @dataclass
-class TrainedArtifact:
+class TrainedArtifact(CardFields):
     """A verified artifact with its sklearn model (training jobs only)."""
 
     model: Any
@@ -48,21 +48,6 @@ class TrainedArtifact:
     spec: DatasetSpec
     path: Path
     signer: str = ""
-
-    @property
-    def name(self) -> str:
-        """Model name (the data set's name)."""
-        return self.card["name"]
-
-    @property
-    def version(self) -> str:
-        """Artifact version."""
-        return self.card["version"]
-
-    @property
-    def threshold(self) -> float:
-        """Cost-optimal decision threshold on P(default)."""
-        return float(self.card["threshold"])
 
 
 def new_version(now: datetime | None = None) -> str:
