@@ -157,3 +157,36 @@ def browser_or_skip(chromium: str = CHROMIUM, chromedriver: str = CHROMEDRIVER) 
         if os.environ.get("CI"):
             pytest.fail(message + "; CI must run the browser test (make system-deps)")
         pytest.skip(message)
+
+
+def officer_and_viewer_keys(directory: Path) -> tuple[str, dict[str, str]]:
+    """A key file in ``directory`` where "officer" may score and "viewer" may only monitor:
+    (its path, {name: key})."""
+    from app.auth_keys import create_key
+
+    path = str(directory / "keys.yaml")
+    return path, {"officer": create_key(path, "officer", ["score"]),
+                  "viewer": create_key(path, "viewer", ["monitor"])}
+
+
+def blanked_german(spec, directory: Path, seed: int):
+    """The embedded data with ~10 % of feature cells blanked (``seed``), read with every
+    feature nullable: (X, y, the nullable spec)."""
+    import numpy as np
+
+    from ml.spec.config import DEFAULT_DATA
+    from ml.spec.schema import DatasetSpec
+    from ml.training.data import load_dataset, read_raw
+
+    raw = read_raw(DEFAULT_DATA)
+    rng = np.random.default_rng(seed)
+    for f in spec.features:
+        raw.loc[rng.random(len(raw)) < 0.1, f.source_column] = ""
+    path = directory / "blanked.csv"
+    raw.to_csv(path, index=False)
+    nullable = spec.to_dict()
+    for f in nullable["features"]:
+        f["nullable"] = True
+    nullable_spec = DatasetSpec.from_dict(nullable)
+    data = load_dataset(path, nullable_spec)
+    return data.X, data.y, nullable_spec

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from app.auth_keys import create_key
-from helpers import browser_or_skip
+from helpers import browser_or_skip, officer_and_viewer_keys
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -27,9 +26,7 @@ AUDIENCE = "https://credit-risk-api.bank.test"  # a resource indicator is a URI
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     """A key file: "officer" may score, "viewer" may not: (file, {name: key})."""
-    path = str(tmp_path_factory.mktemp("keys") / "keys.yaml")
-    return path, {"officer": create_key(path, "officer", ["score"]),
-                  "viewer": create_key(path, "viewer", ["monitor"])}
+    return officer_and_viewer_keys(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture(scope="module")

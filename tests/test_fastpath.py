@@ -23,11 +23,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
+from helpers import blanked_german
 from ml.serving import modelfile, trees
 from ml.serving.errors import UnsupportedModelError
-from ml.spec.config import DEFAULT_DATA
 from ml.training.compile import check_against, compile_model, predict_frame, raw_from_frame
-from ml.training.data import load_dataset, read_raw, records_to_frame
+from ml.training.data import records_to_frame
 from ml.training.pipeline import build_blend, build_pipeline
 from ml.spec.schema import CATEGORICAL, DatasetSpec
 from ml.training.train import record_from_row
@@ -71,19 +71,9 @@ def full(dataset):
 @pytest.fixture(scope="module")
 def blanked(spec, tmp_path_factory):
     """The German data with ~10% of feature cells blanked, read with every feature nullable."""
-    raw = read_raw(DEFAULT_DATA)
-    rng = np.random.default_rng(7)
-    for f in spec.features:
-        raw.loc[rng.random(len(raw)) < 0.1, f.source_column] = ""
-    path = tmp_path_factory.mktemp("blanked") / "german_blanked.csv"
-    raw.to_csv(path, index=False)
-    nullable = spec.to_dict()
-    for f in nullable["features"]:
-        f["nullable"] = True
-    nullable_spec = DatasetSpec.from_dict(nullable)
-    data = load_dataset(path, nullable_spec)
-    assert data.X[spec.feature_names].isna().to_numpy().mean() > 0.08
-    return data.X, data.y, nullable_spec
+    X, y, nullable_spec = blanked_german(spec, tmp_path_factory.mktemp("blanked"), seed=7)
+    assert X[spec.feature_names].isna().to_numpy().mean() > 0.08
+    return X, y, nullable_spec
 
 
 @pytest.fixture(scope="module")

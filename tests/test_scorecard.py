@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import blanked_german
 from ml.__main__ import main
 from ml.serving import modelfile
 from ml.serving.artifact import Artifact, library_versions
 from ml.serving.predictor import OUTPUT_COLUMNS, Predictor
 from ml.serving.scorecard import Binning
-from ml.spec.config import DEFAULT_DATA, PROJECT_ROOT
+from ml.spec.config import PROJECT_ROOT
 from ml.spec.schema import DatasetSpec, Scaling, SpecError
 from ml.training import scorecard_report
 from ml.training.compile import compile_model, predict_frame, raw_from_frame, score_frame
-from ml.training.data import load_dataset, read_raw
 from ml.training.pipeline import build_pipeline, monotonic_cst
 from ml.training.scorecard import build_scorecard
 from ml.training.train import TrainOptions, record_from_row, train
@@ -75,18 +75,7 @@ def test_a_bad_direction_or_scaling_is_a_spec_error(spec, change, message):
 @pytest.fixture(scope="module")
 def blanked(spec, tmp_path_factory):
     """German Credit with ~10% of feature cells blank, every feature nullable."""
-    raw = read_raw(DEFAULT_DATA)
-    rng = np.random.default_rng(3)
-    for f in spec.features:
-        raw.loc[rng.random(len(raw)) < 0.1, f.source_column] = ""
-    path = tmp_path_factory.mktemp("blanked") / "blanked.csv"
-    raw.to_csv(path, index=False)
-    nullable = spec.to_dict()
-    for f in nullable["features"]:
-        f["nullable"] = True
-    nullable_spec = DatasetSpec.from_dict(nullable)
-    data = load_dataset(path, nullable_spec)
-    return data.X, data.y, nullable_spec
+    return blanked_german(spec, tmp_path_factory.mktemp("blanked"), seed=3)
 
 
 @pytest.fixture(scope="module")

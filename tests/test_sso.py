@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from app import sso
 from app.auth_keys import create_key, revoke_key
-from helpers import assert_error
+from helpers import assert_error, officer_and_viewer_keys
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 
@@ -22,9 +22,7 @@ BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     """A key file: "officer" may score, "viewer" may only monitor: (file, {name: key})."""
-    path = str(tmp_path_factory.mktemp("keys") / "keys.yaml")
-    return path, {"officer": create_key(path, "officer", ["score"]),
-                  "viewer": create_key(path, "viewer", ["monitor"])}
+    return officer_and_viewer_keys(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture(scope="module")
