@@ -63,10 +63,12 @@ def record_of(row: pd.Series, spec: DatasetSpec) -> dict[str, Any]:
             for f in spec.features}
 
 
-def fitted_predictor(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray,
-                     family: str) -> tuple[Predictor, Any]:
-    """A predictor of a freshly fitted pipeline, and the sklearn model it was compiled from."""
-    model = build_pipeline(spec, family, 0, FAMILIES[family]).fit(X, y)
+def fitted_predictor(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray, family: str,
+                     params: dict[str, Any] | None = None) -> tuple[Predictor, Any]:
+    """A predictor of a freshly fitted pipeline (``params``, default :data:`FAMILIES`'),
+    and the sklearn model it was compiled from."""
+    params = FAMILIES[family] if params is None else params
+    model = build_pipeline(spec, family, 0, params).fit(X, y)
     example = record_of(X.iloc[0], spec)
     baseline = {f.name: (str(X[f.name].mode().iloc[0]) if f.kind == CATEGORICAL
                          else int(X[f.name].median())) for f in spec.features}
@@ -76,7 +78,7 @@ def fitted_predictor(spec: DatasetSpec, X: pd.DataFrame, y: np.ndarray,
             "self_test": {"record": example, "probability_of_default":
                           float(model.predict_proba(X.iloc[[0]])[0, 1])}}
     return Predictor(Artifact(card=card, spec=spec, path=Path("."),
-                              fast=compile_model(model))), model
+                              fast=compile_model(model, spec))), model
 
 
 def measure(predictor: Predictor, model: Any, records: list[dict],

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
-from bench_fastpath import GRADES, per_call, record_of
+from bench_fastpath import fitted_predictor, per_call, record_of
 
-from ml.serving.artifact import Artifact, library_versions
 from ml.serving.predictor import Predictor
 from ml.spec.config import DEFAULT_DATA, DEFAULT_SPEC
-from ml.spec.schema import CATEGORICAL, DatasetSpec
-from ml.training.compile import compile_model
+from ml.spec.schema import DatasetSpec
 from ml.training.data import load_dataset, records_to_frame
-from ml.training.pipeline import build_pipeline
 
 FAMILIES = {"scorecard": {"estimator__C": 1.0}, "logistic_regression": {"model__C": 0.1},
             "hist_gradient_boosting": {"model__max_leaf_nodes": 15}}
@@ -31,18 +27,7 @@ FAMILIES = {"scorecard": {"estimator__C": 1.0}, "logistic_regression": {"model__
 
 def predictor_of(spec: DatasetSpec, data: Any, family: str) -> tuple[Predictor, Any]:
     """A predictor of a freshly fitted model of ``family``, and the model."""
-    model = build_pipeline(spec, family, 0, FAMILIES[family]).fit(data.X, data.y)
-    X = data.X
-    example = record_of(X.iloc[0], spec)
-    baseline = {f.name: (str(X[f.name].mode().iloc[0]) if f.kind == CATEGORICAL
-                         else int(X[f.name].median())) for f in spec.features}
-    card = {"name": spec.name, "version": f"bench-{family}", "threshold": 0.3,
-            "grades": GRADES, "libraries": library_versions(),
-            "reference": {"baseline": baseline}, "example": example,
-            "self_test": {"record": example, "probability_of_default":
-                          float(model.predict_proba(X.iloc[[0]])[0, 1])}}
-    fast = compile_model(model, spec)
-    return Predictor(Artifact(card=card, spec=spec, path=Path("."), fast=fast)), model
+    return fitted_predictor(spec, data.X, data.y, family, FAMILIES[family])
 
 
 def main(argv: list[str] | None = None) -> None:
