@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from unittest import mock
 
 import pytest
 from flask import Flask
@@ -30,13 +31,8 @@ from ml.training.train import TrainOptions, train
 def private_prediction_store(tmp_path_factory):
     """Point the default prediction store at a session temp file, not the shared /tmp one."""
     url = f"sqlite:///{tmp_path_factory.mktemp('store')}/predictions.db"
-    previous = os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = url
-    yield url
-    if previous is None:
-        os.environ.pop("DATABASE_URL", None)
-    else:
-        os.environ["DATABASE_URL"] = previous
+    with mock.patch.dict(os.environ, {"DATABASE_URL": url}):
+        yield url
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,17 +48,11 @@ def credentials(tmp_path_factory):
     key = create_key(path, "test-suite", SCOPES)
     settings = {"API_KEYS_FILE": path, "RATELIMIT_PREDICT": "100000/second",
                 "RATELIMIT_FEEDBACK": "100000/second"}
-    previous = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
     BASE_SETTINGS.update(settings)
     CLIENT_HEADERS["Authorization"] = f"Bearer {key}"
-    yield key
+    with mock.patch.dict(os.environ, settings):
+        yield key
     CLIENT_HEADERS.pop("Authorization", None)
-    for name, value in previous.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -72,16 +62,9 @@ def signing_keys(tmp_path_factory):
     ``(private key, trusted keys dir)``."""
     keys = tmp_path_factory.mktemp("keys")
     signing.generate_key_pair(keys / "signing.pem", keys / "trusted" / "test.pub")
-    saved = {name: os.environ.get(name) for name in (signing.SIGNING_KEY_FILE_ENV,
-                                                     signing.TRUSTED_KEYS_ENV)}
-    os.environ[signing.SIGNING_KEY_FILE_ENV] = str(keys / "signing.pem")
-    os.environ[signing.TRUSTED_KEYS_ENV] = str(keys / "trusted")
-    yield keys / "signing.pem", keys / "trusted"
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with mock.patch.dict(os.environ, {signing.SIGNING_KEY_FILE_ENV: str(keys / "signing.pem"),
+                                      signing.TRUSTED_KEYS_ENV: str(keys / "trusted")}):
+        yield keys / "signing.pem", keys / "trusted"
 
 
 @pytest.fixture(scope="session", autouse=True)
