@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port
+from ml.monitoring import migrate
 from ml.monitoring.migrate import upgrade
 from ml.monitoring.store import PredictionStore, StoreUnavailable
 
@@ -195,7 +196,7 @@ def test_postgresql_is_migrated_by_the_command_never_by_the_store(postgres, exam
     done = subprocess.run([sys.executable, "-m", "ml", "db", "upgrade", "--url",
                            postgres.url("fresh")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "0001"
+    assert done.stdout.strip() == migrate.HEAD == "0002"
     store = PredictionStore(postgres.url("fresh"))
     assert store.save("m-1", [example], [{"probability_of_default": 0.1,
                                           "decision": "approve"}], "m", "v", False) == 1

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 # The newest revision; a database at it needs no Alembic import to be recognised.
-HEAD = "0001"
+HEAD = "0002"
 # The PostgreSQL advisory lock that serialises concurrent upgrades (any fixed number).
 LOCK_KEY = 7_240_011
 _SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")

@@ -1,12 +1,15 @@
 """The prediction store's tables and engines (SQLAlchemy Core; SQLite and PostgreSQL).
 
-Three tables. ``predictions``: one row per applicant, written once, keyed by the
+Five tables. ``predictions``: one row per applicant, written once, keyed by the
 server-issued ``prediction_id`` and the applicant's ``item`` index in its batch (unique:
 a row replayed from a spool is inserted once). ``outcomes``: what happened, one row per
 ``(prediction_id, item)``, written independently of its prediction, so feedback never
 waits for the prediction row (any worker or pod takes it) and a late prediction row still
 finds its outcome; reads join the two. ``outcome_corrections``: every change of a recorded
-outcome, with who made it and why.
+outcome, with who made it and why. ``monitoring_reports``: the reports of the monitor
+job (``python -m ml monitor``), which ``GET /monitoring`` and ``/metrics`` serve.
+``promotion_proposals``: what ``python -m ml retrain`` proposes (champion, challenger,
+their metrics, the decision and why), for review; it never swaps the served model.
 
 The schema is created and changed by the Alembic migrations in
 ``ml/monitoring/migrations`` (``python -m ml db upgrade``); :data:`metadata` is what they
@@ -74,6 +77,33 @@ corrections = sa.Table(
     sa.Column("corrected_by", sa.String(255), nullable=False),
     sa.Column("reason", sa.String(500), nullable=False),
     sa.Column("corrected_at", sa.DateTime(timezone=True), nullable=False),
+)
+reports = sa.Table(
+    "monitoring_reports", metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("window_from", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("window_to", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("labelled", sa.Integer, nullable=False),
+    sa.Column("report", sa.Text, nullable=False),  # the whole report, JSON
+    sa.Index("ix_monitoring_reports_created_at", "created_at"),
+)
+proposals = sa.Table(
+    "promotion_proposals", metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_name", sa.String(128), nullable=False),
+    sa.Column("champion_version", sa.String(64), nullable=False),
+    # None when the challenger was not saved (not better, or a report-only run).
+    sa.Column("challenger_version", sa.String(64), nullable=True),
+    sa.Column("promote", sa.Boolean, nullable=False),
+    sa.Column("expected_cost_gain", sa.Float, nullable=False),
+    sa.Column("decision", sa.String(500), nullable=False),
+    sa.Column("proposal", sa.Text, nullable=False),  # the whole proposal, JSON
+    sa.Index("ix_promotion_proposals_created_at", "created_at"),
 )
 # The columns a prediction writes, in table order.
 INSERT_COLUMNS = ("prediction_id", "item", "request_id", "batch", "created_at", "model_name",
