@@ -14,6 +14,7 @@ import sys
 # monitor job does not load the training stage (and pandas) just to name its error.
 USER_ERRORS = (("ml.training.data", "DataError"), ("ml.spec.schema", "SpecError"),
                ("ml.serving.errors", "ArtifactError"))
+# (ml.training.promote.PromotionError is a ValueError: a refused proposal exits 2.)
 
 COMMANDS = {
     "spec": ("ml.training.draft", "draft a dataset spec for a new CSV, to review"),
@@ -23,7 +24,10 @@ COMMANDS = {
     "db": ("ml.monitoring.migrate", "apply the prediction store's schema migrations"),
     "monitor": ("ml.monitoring.monitor", "drift and outcome report of the prediction store"),
     "retrain": ("ml.training.retrain",
-                "train a challenger with fed-back outcomes; promote if better"),
+                "train a challenger with fed-back outcomes; propose it if better"),
+    "proposal": ("ml.monitoring.proposals", "print a stored promotion proposal (newest or by id)"),
+    "promote": ("ml.training.promote",
+                "apply a reviewed promotion proposal: verify the challenger, move LATEST"),
     "resign": ("ml.training.publish",
                "a new signed version of an artifact with a new threshold or grade table"),
     "keygen": ("ml.training.keygen", "generate an Ed25519 key pair for signing artifacts"),

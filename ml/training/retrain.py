@@ -7,18 +7,22 @@ re-created with the card's seed) plus a share of the labelled outcomes. Both mod
 then scored on the same held-out rows: the original test split plus the held-out share
 of the labelled outcomes (``--holdout``, default 30 %), which neither model saw.
 
-Promotion rule: the challenger must lower the **expected cost per applicant** (the
-spec's cost matrix, at the card's threshold, the quantity the threshold was chosen to
-minimise) by at least ``--margin`` (default 0.005). Only then is it saved as a new
-version, signed, and ``LATEST`` moved to it (:func:`ml.training.publish.save_artifact`).
-Either way a JSON report is written and printed.
+Rule: the challenger must lower the **expected cost per applicant** (the spec's cost
+matrix, at the card's threshold, the quantity the threshold was chosen to minimise) by at
+least ``--margin`` (default 0.005). Only then is it saved as a new signed version beside
+the champion (or under ``--out``). ``LATEST`` never moves here: a promotion proposal
+(both artifacts with their hashes and signer, both models' held-out metrics, the decision
+and why, the command that applies it) is written as a file (``--proposal``) and as a
+row of the prediction store (:mod:`ml.monitoring.proposals`); once reviewed,
+``python -m ml promote`` applies it (:mod:`ml.training.promote`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +31,22 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from ml.serving import signing
+from ml.serving.artifact import read_card
 from ml.spec import config
 
 from ml.training import evaluate, tune
-from ml.training.publish import load_artifact, provenance, save_artifact
 from ml.training.data import Dataset, load_dataset, records_to_frame, split
+from ml.training.promote import PROPOSAL_FORMAT, PROPOSAL_KIND, METRICS, artifact_summary
+from ml.training.publish import load_artifact, provenance, save_artifact
 from ml.training.train import TrainOptions, build_card
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = 0.005
 DEFAULT_HOLDOUT = 0.3
+DEFAULT_PROPOSAL = config.REPORTS_DIR / "promotion.json"
+CRITERION = ("expected cost per applicant on the held-out rows at the card's threshold; "
+             "promote when the challenger is lower by at least the margin")
 
 
 def outcomes_frame(rows: list[dict[str, Any]], spec: Any) -> tuple[pd.DataFrame, np.ndarray]:
@@ -65,8 +74,9 @@ def split_outcomes(X: pd.DataFrame, y: np.ndarray, holdout: float, seed: int
 
 def retrain(model_dir: Path, rows: list[dict[str, Any]], data_path: Path = config.DEFAULT_DATA,
             margin: float = DEFAULT_MARGIN, holdout: float = DEFAULT_HOLDOUT,
-            out: Path | None = None, report_only: bool = False) -> dict[str, Any]:
-    """Train a challenger, compare it with the champion, promote it if better by ``margin``.
+            out: Path | None = None, report_only: bool = False,
+            proposal_path: Path | None = None) -> dict[str, Any]:
+    """Train a challenger, compare it with the champion, and propose; never move LATEST.
 
     Args:
         model_dir: the models dir (with ``LATEST``) or the champion artifact.
@@ -74,73 +84,109 @@ def retrain(model_dir: Path, rows: list[dict[str, Any]], data_path: Path = confi
         data_path: the original training CSV (its SHA-256 is checked against the card).
         margin: how much lower the challenger's expected cost must be.
         holdout: share of the labelled outcomes held out for the comparison.
-        out: where to save a promoted challenger (default: the champion's models dir).
-        report_only: decide and report, but never save (in-cluster runs: a promotion
-            goes through review and the image build).
+        out: the models dir to save a better challenger in (default: the champion's).
+        report_only: decide and propose, but never save (a run without the signing key).
+        proposal_path: where the proposal will be written (for its ``apply`` command).
 
     Returns:
-        The report: rows used, both models' held-out metrics, the decision and why.
+        The proposal (:func:`build_proposal`).
     """
     champion = load_artifact(model_dir)
     card, spec = champion.card, champion.spec
-    seed, threshold = int(card["seed"]), float(card["threshold"])
     data = load_dataset(data_path, spec)
     if data.sha256 != card["data"]["sha256"]:
         raise ValueError(f"{data_path} is not the data the champion was trained on "
                          "(SHA-256 differs from its card)")
-    parts = split(data, seed)
+    parts = split(data, int(card["seed"]))
+    fitted = fit_challenger(champion, parts, rows, holdout)
+    gain = fitted.scores["champion"]["expected_cost"] - fitted.scores["challenger"]["expected_cost"]
+    comparison = {"champion": card["version"], "criterion": CRITERION, "margin": margin,
+                  "rows": fitted.rows, "expected_cost_gain": gain,
+                  "held_out": {name: {k: m[k] for k in METRICS}
+                               for name, m in fitted.scores.items()}}
+    root = Path(out) if out else champion.path.parent
+    saved = None
+    if gain >= margin and not report_only:
+        directory = save_challenger(fitted, card, spec, data, parts, comparison, root)
+        saved = artifact_summary(directory, read_card(directory))
+    champion_summary = artifact_summary(champion.path, card)
+    return build_proposal(comparison, spec.name, champion_summary, saved, root, proposal_path)
+
+
+@dataclass
+class Fitted:
+    """A challenger fitted with outcomes, and both models' held-out scores."""
+
+    model: Any
+    scores: dict[str, dict[str, Any]]
+    rows: dict[str, int]
+    X_new: pd.DataFrame
+    y_new: np.ndarray
+
+
+def fit_challenger(champion: Any, parts: Any, rows: list[dict[str, Any]],
+                   holdout: float) -> Fitted:
+    """Refit the champion's configuration on its fitting rows plus the outcomes' fitting
+    share, and score both models on the original test split plus the held-out outcomes."""
+    card, spec = champion.card, champion.spec
+    seed, threshold = int(card["seed"]), float(card["threshold"])
     X_new, y_new = outcomes_frame(rows, spec)
     X_new_fit, y_new_fit, X_new_out, y_new_out = split_outcomes(X_new, y_new, holdout, seed)
-
     X_fit = pd.concat([parts.X_train, parts.X_val, X_new_fit], ignore_index=True)
     y_fit = np.concatenate([parts.y_train, parts.y_val, y_new_fit])
     settings = card["model"]
     challenger = tune.make_model(spec, settings["family"], settings["params"],
                                  settings["calibration"], seed).fit(X_fit, y_fit)
-
     X_eval = pd.concat([parts.X_test, X_new_out], ignore_index=True)
     y_eval = np.concatenate([parts.y_test, y_new_out])
     labels = (spec.target.negative or "negative", spec.target.positive)
     scores = {name: evaluate.classification_metrics(
         y_eval, model.predict_proba(X_eval)[:, 1], threshold, spec.cost, labels)
         for name, model in (("champion", champion.model), ("challenger", challenger))}
-    gain = scores["champion"]["expected_cost"] - scores["challenger"]["expected_cost"]
-    promote = gain >= margin
-    report: dict[str, Any] = {
-        "champion": card["version"],
-        "criterion": "expected cost per applicant on the held-out rows at the card's "
-                     "threshold; promote when the challenger is lower by at least the margin",
-        "margin": margin,
-        "rows": {"labelled_outcomes": int(len(y_new)), "outcomes_in_fit": int(len(y_new_fit)),
-                 "outcomes_held_out": int(len(y_new_out)), "fit": int(len(y_fit)),
-                 "held_out": int(len(y_eval)), "original_test": int(len(parts.y_test))},
-        "held_out": {name: {k: m[k] for k in ("expected_cost", "roc_auc", "ks", "brier",
-                                              "approval_rate", "bad_rate_among_approved")}
-                     for name, m in scores.items()},
-        "expected_cost_gain": gain,
-        "promoted": promote,
-    }
-    if promote and report_only:
-        report["decision"] = (f"challenger better by {gain:.4f} (margin {margin}); not "
-                              "saved (--report-only): promote it through review")
-        return report
-    if promote:
-        directory = promote_challenger(challenger, card, spec, data, parts, X_new_fit,
-                                       y_new_fit, scores["challenger"], report,
-                                       Path(out) if out else champion.path.parent)
-        report["new_version"] = directory.name
-        report["artifact"] = str(directory)
-    report["decision"] = (f"promoted {report['new_version']}: expected cost lower by "
-                          f"{gain:.4f} (margin {margin})" if promote else
-                          f"kept champion {card['version']}: expected cost gain {gain:.4f} "
-                          f"is below the margin {margin}")
-    return report
+    counts = {"labelled_outcomes": len(y_new), "outcomes_in_fit": len(y_new_fit),
+              "outcomes_held_out": len(y_new_out), "fit": len(y_fit),
+              "held_out": len(y_eval), "original_test": len(parts.y_test)}
+    return Fitted(challenger, scores, {k: int(v) for k, v in counts.items()},
+                  X_new_fit, y_new_fit)
 
 
-def promote_challenger(model: Any, card: dict[str, Any], spec: Any, data: Dataset, parts: Any,
-                       X_new: pd.DataFrame, y_new: np.ndarray, test: dict[str, Any],
-                       report: dict[str, Any], root: Path) -> Path:
-    """Write the challenger as a new version with a full card (ml.training.train.build_card)."""
+def build_proposal(comparison: dict[str, Any], model_name: str, champion: dict[str, Any],
+                   challenger: dict[str, Any] | None, root: Path,
+                   proposal_path: Path | None) -> dict[str, Any]:
+    """The promotion proposal: both artifacts (:func:`ml.training.promote.artifact_summary`),
+    the comparison, the decision and why, and the command that applies it after review."""
+    gain, margin = comparison["expected_cost_gain"], comparison["margin"]
+    better = gain >= margin
+    if not better:
+        why = (f"the expected-cost gain per applicant {gain:.4f} is below the margin "
+               f"{margin}: champion {champion['version']} stays")
+    elif challenger is None:
+        why = (f"the challenger's expected cost per applicant is lower by {gain:.4f} "
+               f"(margin {margin}) but it was not saved (--report-only): run retrain "
+               "with the signing key to save it, then review that proposal")
+    else:
+        why = (f"the challenger's expected cost per applicant is lower by {gain:.4f} "
+               f"(margin {margin}); saved as {challenger['version']} beside the champion, "
+               "served only once this proposal is reviewed and applied")
+    apply = None
+    if challenger is not None:
+        apply = (f"python -m ml promote {proposal_path or DEFAULT_PROPOSAL} "
+                 f"--models {root}")
+    return {"format": PROPOSAL_FORMAT, "kind": PROPOSAL_KIND,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model_name": model_name, "decision": "promote" if better else "keep",
+            "why": why, "criterion": comparison["criterion"], "margin": margin,
+            "expected_cost_gain": gain, "rows": comparison["rows"],
+            "held_out": comparison["held_out"], "champion": champion,
+            "challenger": challenger or {"version": None}, "models_dir": str(root),
+            "apply": apply}
+
+
+def save_challenger(fitted: Fitted, card: dict[str, Any], spec: Any, data: Dataset,
+                    parts: Any, comparison: dict[str, Any], root: Path) -> Path:
+    """Write the challenger as a new signed version with a full card
+    (ml.training.train.build_card) beside the champion; ``LATEST`` is left alone."""
+    model, X_new, y_new = fitted.model, fitted.X_new, fitted.y_new
     X_all = pd.concat([data.X, X_new], ignore_index=True)
     y_all = np.concatenate([data.y, y_new])
     settings = card["model"]
@@ -156,17 +202,18 @@ def promote_challenger(model: Any, card: dict[str, Any], spec: Any, data: Datase
     best = tune.Candidate(settings["family"], settings["params"], float("nan"), 0)
     fairness = evaluate.fairness(parts.X_test, spec, parts.y_test, p_test, card["threshold"])
     new_card = build_card(spec, combined, model, options, best, settings["calibration"],
-                          card["threshold"], {"test": test, "cv": cv, "fairness": fairness},
+                          card["threshold"],
+                          {"test": fitted.scores["challenger"], "cv": cv, "fairness": fairness},
                           pd.concat([parts.X_train, parts.X_val, X_new]), oof, parts.X_test,
                           p_test)
     new_card["model"]["selection"] = (f"champion {card['version']}'s configuration, refitted "
                                       "with fed-back outcomes (python -m ml retrain)")
     new_card["data"]["feedback_rows"] = int(len(y_new))
-    new_card["retrain"] = {k: report[k] for k in ("champion", "criterion", "margin", "rows",
-                                                  "held_out", "expected_cost_gain")}
+    new_card["retrain"] = comparison
     key = signing.signing_key()
     new_card["provenance"] = provenance(key, data.sha256, new_card["git_commit"])
-    return save_artifact(model, new_card, root, check_frame=combined.X, key=key)
+    return save_artifact(model, new_card, root, check_frame=combined.X, key=key,
+                         update_latest=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,17 +224,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=config.DEFAULT_DATA,
                         help="the original training CSV")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                        help="expected-cost improvement per applicant needed to promote")
+                        help="expected-cost improvement per applicant needed to propose it")
     parser.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT,
                         help="share of labelled outcomes held out for the comparison")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="models dir for a better challenger (default: the champion's)")
     parser.add_argument("--report-only", action="store_true",
-                        help="compare and report, never save a new version")
-    parser.add_argument("--report", type=Path, default=config.REPORTS_DIR / "retrain.json",
-                        help="where to write the JSON report")
+                        help="compare and propose, never save the challenger")
+    # --report: the name of the option before proposals (the same file, a new content).
+    parser.add_argument("--proposal", "--report", dest="proposal", type=Path,
+                        default=DEFAULT_PROPOSAL, help="where to write the proposal (JSON)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read labelled outcomes from the store, retrain, compare, maybe promote, report."""
+    """Read labelled outcomes, retrain, compare, write the proposal to a file and the store."""
+    from ml.monitoring import proposals
     from ml.monitoring.monitor import open_store
 
     if not 0 <= args.holdout < 1:
@@ -195,12 +246,18 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args.database_url)
     try:
         rows = store.window(labelled_only=True)
+        proposal = retrain(args.model or config.models_dir(), rows, args.data, args.margin,
+                           args.holdout, args.out, args.report_only, args.proposal)
+        # The file first: it is kept when the store cannot be written (the job then fails).
+        args.proposal.parent.mkdir(parents=True, exist_ok=True)
+        args.proposal.write_text(json.dumps(proposal, indent=2, sort_keys=True) + "\n",
+                                 encoding="utf-8")
+        proposal_id = proposals.save(store, proposal)
     finally:
         store.dispose()
-    report = retrain(args.model or config.models_dir(), rows, args.data, args.margin,
-                     args.holdout, report_only=args.report_only)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(json.dumps({k: report[k] for k in ("decision", "promoted", "expected_cost_gain")}
-                     | {"report": str(args.report)}))
+    print(json.dumps({"decision": proposal["decision"], "why": proposal["why"],
+                      "challenger": proposal["challenger"]["version"],
+                      "expected_cost_gain": proposal["expected_cost_gain"],
+                      "proposal": str(args.proposal), "proposal_id": proposal_id,
+                      "apply": proposal["apply"]}))
     return 0
