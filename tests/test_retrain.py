@@ -188,6 +188,11 @@ def tamper_version(models, proposal, path):
     path.write_text(json.dumps(proposal))
 
 
+def tamper_name(models, proposal, path):
+    proposal["model_name"] = "../../.github/workflows/x"
+    path.write_text(json.dumps(proposal))
+
+
 def keep(models, proposal, path):
     proposal["decision"] = "keep"
     path.write_text(json.dumps(proposal))
@@ -209,6 +214,7 @@ def not_json(models, proposal, path):
     (tamper_file, "differs from the signed manifest"),
     (tamper_hash, "is not the reviewed one"),
     (tamper_version, "version is not a version name"),
+    (tamper_name, "model name is not a plain name"),
     (keep, "nothing to promote"),
     (stale, "retrain against the served model again"),
     (missing, "is not in"),
@@ -309,3 +315,26 @@ def test_labelled_rows_become_a_frame_of_spec_columns(spec, example):
     assert list(X.columns) == spec.feature_names
     assert y.tolist() == [1, 0]
     assert X["credit_amount"].isna().tolist() == [True, False]
+
+
+def test_promote_workflow_checks_the_proposal_and_opens_a_pull_request():
+    """The CD half (actionlint and the schema run on it in tests/test_deploy.py)."""
+    import re
+
+    import yaml
+
+    from ml.spec import config
+
+    text = (config.PROJECT_ROOT / ".github" / "workflows" / "promote.yml").read_text()
+    flow = yaml.safe_load(text)
+    assert set(flow[True]) == {"workflow_dispatch"}  # YAML 1.1 reads `on` as True
+    assert flow["permissions"] == {"contents": "read"}
+    job = flow["jobs"]["propose"]
+    assert job["permissions"] == {"contents": "write", "pull-requests": "write"}
+    uses = [s["uses"] for s in job["steps"] if "uses" in s]
+    assert uses and all(re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", u) for u in uses), uses
+    script = "\n".join(s.get("run", "") for s in job["steps"])
+    for needed in ("python -m ml promote", "--check --document-only", "--markdown",
+                   "GITHUB_STEP_SUMMARY", "gh pr create", "promotions/", "git push"):
+        assert needed in script, needed
+    assert "${{" not in script  # inputs reach the scripts through env only

@@ -28,8 +28,10 @@ from ml.spec import config
 PROPOSAL_FORMAT = 1
 PROPOSAL_KIND = "promotion-proposal"
 DECISIONS = ("promote", "keep")
-# A version names a directory under the models dir: no separators, no dot files.
+# A version names a directory under the models dir, the model name a path in the
+# repository (the promote workflow): no separators, no dot files.
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 METRICS = ("expected_cost", "roc_auc", "ks", "brier", "approval_rate",
@@ -77,6 +79,8 @@ def check_document(proposal: Any) -> None:
     if decision != "promote":
         raise PromotionError(f"the proposal decides to keep the champion "
                              f"({proposal.get('why', 'no reason given')}): nothing to promote")
+    if not _NAME.match(str(proposal.get("model_name"))):
+        raise PromotionError("the proposal's model name is not a plain name")
     champion, challenger = proposal.get("champion") or {}, proposal.get("challenger") or {}
     if challenger.get("version") is None:
         raise PromotionError("the proposal's challenger was not saved (retrain ran with "
