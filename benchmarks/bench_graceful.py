@@ -1,28 +1,34 @@
 """What a graceful stop (SIGTERM to the gunicorn master) does to requests already sent.
 
-Starts the real server command (``gunicorn -c gunicorn.conf.py 'app:create_app()'``,
-2 gthread workers x 4 threads, the default SQLite write-behind store), then per round:
+Starts the real server command (``gunicorn -c gunicorn.conf.py 'app:create_app()'``, 2
+workers x 4 threads, the default SQLite write-behind store) as shipped, and as a baseline
+with gunicorn's own ``gthread`` worker (``GUNICORN_CMD_ARGS=--worker-class gthread``),
+interleaved. Each round stops a fresh server with four kinds of connections:
 
   queued:     CONNS connections each send one ``POST /predict`` (a batch of ROWS
-              applicants, so the requests queue behind the 8 threads and in the listen
-              backlog); SIGTERM the master DELAY_MS after the last one is sent; read every
-              answer.
-  keep-alive: KEEPALIVE connections each get one answer and stay open; SIGTERM; each sends
-              its next request LATE_MS later.
-  new:        after the SIGTERM (+100 ms), NEW fresh connections try one request each.
+              applicants, so requests wait behind the 8 threads); the client reads the
+              answers in turn, as a proxy with many upstream connections does.
+  backlog:    the workers are held still (SIGSTOP) while BACKLOG connections send a
+              request, so these wait in the kernel's listen backlog; then SIGTERM to the
+              master, and SIGCONT 50 ms later (workers busy when the stop begins).
+  keep-alive: KEEPALIVE connections each got one answer and stayed open; each sends its
+              next request LATE_MS after the SIGTERM.
+  new:        100 ms after the SIGTERM, NEW fresh connections try one request each
+              (refused is the right answer: the client knows nothing was sent).
 
-Each connection is counted as answered (HTTP 200), other status, reset, closed (EOF before
-an answer), refused or timeout. Afterwards every answered prediction id is looked up in the
-store. Prints a table and writes ``benchmarks/results/graceful.json``.
+Each connection counts as answered (HTTP 200), other status, reset, closed (EOF before an
+answer), refused or timeout; then every answered prediction is looked up in the store.
+Prints the sums per server and writes ``benchmarks/results/graceful.json``.
 
-Usage: ``python benchmarks/bench_graceful.py [--model-dir DIR] [--rounds 3] [--conns 64]``.
-Needs ``MODEL_TRUSTED_KEYS`` (and a model signed by one of its keys) as the server does.
+Usage: ``python benchmarks/bench_graceful.py [--model-dir DIR] [--rounds 3]``. Needs
+``MODEL_TRUSTED_KEYS`` (and a model signed by one of its keys), as the server does.
 """
 from __future__ import annotations
 
 import argparse
 import http.client
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -35,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_http import Server, ensure_model  # noqa: E402
+from bench_http import Server, children, ensure_model  # noqa: E402
 from ml.serving.artifact import read_card  # noqa: E402
 from ml.spec.config import models_dir  # noqa: E402
 
@@ -81,7 +87,7 @@ def try_send(port: int, body: bytes) -> http.client.HTTPConnection | str:
 
 
 def one_round(server: Server, args: argparse.Namespace, example: dict) -> dict:
-    """One stop of a fresh server under the three kinds of connections; counts per kind."""
+    """One stop of a fresh server under the four kinds of connections; counts per kind."""
     single = json.dumps(example).encode()
     batch = json.dumps({"instances": [example] * args.rows}).encode()
     ids: list[tuple[str, int]] = []
@@ -90,9 +96,16 @@ def one_round(server: Server, args: argparse.Namespace, example: dict) -> dict:
         conn.getresponse().read()
     queued = [send(server.port, batch) for _ in range(args.conns)]
     time.sleep(args.delay_ms / 1000)
+    held = children(server.process.pid)
+    for pid in held:  # workers held still: what is sent now waits in the listen backlog
+        os.kill(pid, signal.SIGSTOP)
+    backlog = [send(server.port, single) for _ in range(args.backlog)]
     server.process.send_signal(signal.SIGTERM)
     stopped = time.perf_counter()
-    time.sleep(args.late_ms / 1000)
+    time.sleep(0.05)
+    for pid in held:
+        os.kill(pid, signal.SIGCONT)
+    time.sleep(max(0.0, args.late_ms / 1000 - (time.perf_counter() - stopped)))
     late = []
     for conn in alive:
         try:
@@ -103,11 +116,9 @@ def one_round(server: Server, args: argparse.Namespace, example: dict) -> dict:
             late.append("reset")
     time.sleep(max(0.0, 0.1 - (time.perf_counter() - stopped)))
     fresh = [try_send(server.port, single) for _ in range(args.new)]
-    counts = {
-        "queued": Counter(outcome(c, ids) for c in queued),
-        "keepalive": Counter(c if isinstance(c, str) else outcome(c, ids) for c in late),
-        "new": Counter(c if isinstance(c, str) else outcome(c, ids) for c in fresh),
-    }
+    counts = {kind: Counter(c if isinstance(c, str) else outcome(c, ids) for c in conns)
+              for kind, conns in (("queued", queued), ("backlog", backlog),
+                                  ("keepalive", late), ("new", fresh))}
     rc = server.process.wait(60)
     stop_s = time.perf_counter() - stopped
     with sqlite3.connect(server.database) as db:
@@ -118,6 +129,28 @@ def one_round(server: Server, args: argparse.Namespace, example: dict) -> dict:
             "answered_not_stored": sum(stored.get(pid, 0) < n for pid, n in ids)}
 
 
+def start(model_dir: Path, work: Path, worker_class: str | None) -> Server:
+    """A ready server; ``worker_class`` overrides gunicorn.conf.py's (the baseline)."""
+    work.mkdir()
+    database = work / "predictions.db"
+    extra = {"GUNICORN_CMD_ARGS": f"--worker-class {worker_class}"} if worker_class else {}
+    server = Server("app:create_app()", model_dir, work, HOME=str(work),
+                    DATABASE_URL=f"sqlite:///{database}", **extra)
+    server.database = database
+    server.wait_ready()
+    time.sleep(1)  # both workers in their accept loops, not only the one that was ready
+    return server
+
+
+def summary(rounds: list[dict]) -> dict:
+    """Counts per kind of connection summed over rounds, the slowest stop, the losses."""
+    total = {kind: dict(sum((Counter(r[kind]) for r in rounds), Counter()))
+             for kind in ("queued", "backlog", "keepalive", "new")}
+    return {**total, "rounds": len(rounds), "max_stop_s": max(r["stop_s"] for r in rounds),
+            "answered_not_stored": sum(r["answered_not_stored"] for r in rounds),
+            "nonzero_exits": sum(r["exit_code"] != 0 for r in rounds)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, default=models_dir())
@@ -125,36 +158,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conns", type=int, default=64)
     parser.add_argument("--rows", type=int, default=50)
     parser.add_argument("--delay-ms", type=float, default=20)
+    parser.add_argument("--backlog", type=int, default=32)
     parser.add_argument("--keepalive", type=int, default=16)
-    parser.add_argument("--late-ms", type=float, default=50)
+    parser.add_argument("--late-ms", type=float, default=200)
     parser.add_argument("--new", type=int, default=8)
-    parser.add_argument("--keep", action="store_true", help="keep the servers' logs")
     args = parser.parse_args(argv)
-    rounds = []
+    rounds: dict[str, list[dict]] = {"gthread": [], "shipped": []}
     with tempfile.TemporaryDirectory(prefix="bench-graceful-") as tmp:
-        if args.keep:
-            tmp = tempfile.mkdtemp(prefix="bench-graceful-")
         model_dir = ensure_model(args.model_dir, Path(tmp))
         example = dict(read_card(model_dir)["example"])
-        for i in range(args.rounds):
-            work = Path(tmp) / f"round{i}"
-            work.mkdir()
-            database = work / "predictions.db"
-            server = Server("app:create_app()", model_dir, work,
-                            DATABASE_URL=f"sqlite:///{database}", HOME=str(work))
-            server.database = database
-            try:
-                server.wait_ready()
-                rounds.append(one_round(server, args, example))
-            finally:
-                if server.process.poll() is None:
-                    server.process.kill()
-                server.log.close()
-            print(json.dumps(rounds[-1]), flush=True)
+        for i in range(args.rounds):  # interleaved, so both see the same machine load
+            for name in rounds:
+                server = start(model_dir, Path(tmp) / f"{name}{i}",
+                               "gthread" if name == "gthread" else None)
+                try:
+                    rounds[name].append(one_round(server, args, example))
+                finally:
+                    if server.process.poll() is None:
+                        server.process.kill()
+                    server.log.close()
+                print(name, json.dumps(rounds[name][-1]), flush=True)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args) | {
+        "model_dir": str(args.model_dir)}, **{k: summary(v) for k, v in rounds.items()},
+        "rounds": rounds}
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                   "date": time.strftime("%Y-%m-%d"), "rounds": rounds},
-                                  indent=2))
+    RESULTS.write_text(json.dumps(report, indent=2))
+    for name in ("gthread", "shipped"):
+        print(name, json.dumps(report[name]))
     return 0
 
 
