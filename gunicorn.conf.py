@@ -48,11 +48,14 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # worker, not the worker, and a database call waiting for its deadline holds one thread
 # too; requests are CPU-bound and short, so a few threads per worker suffice
 # (tests/test_durability.py, docs/design.md).
-worker_class = "gthread"
+# gunicorn's gthread worker, changed to answer what is queued when it stops (app/worker.py).
+worker_class = "app.worker.DrainingThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 # Load the model once in the master; forked workers share its memory pages.
 preload_app = True
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+# How long the master waits for its workers on SIGTERM before it kills them: the drain
+# (what was sent before the stop) and the store's spool flush both fit in it.
 graceful_timeout = 30
 keepalive = 2
 # Heartbeat files on tmpfs: a disk-backed /tmp can stall workers into false timeouts.
@@ -96,11 +99,19 @@ def worker_exit(server, worker):
     """A worker is stopping (graceful stop, restart): write the predictions it has spooled.
 
     What the database does not take in time stays in the spool file, which the next
-    worker drains; this only makes a graceful stop leave no spool behind.
+    worker drains; this only makes a graceful stop leave no spool behind. After a SIGTERM
+    the flush may take what is left of ``graceful_timeout`` (when the master kills the
+    worker) less a second; on other exits (a restart after max_requests) half of it.
     """
+    import time
+
     from ml.monitoring.store import flush_all
 
-    if not flush_all(timeout=graceful_timeout / 2):
+    budget = graceful_timeout / 2
+    started = getattr(worker, "stop_started", None)
+    if started is not None:
+        budget = max(1.0, graceful_timeout - (time.monotonic() - started) - 1.0)
+    if not flush_all(timeout=budget):
         server.log.warning("predictions still spooled at worker exit; the next worker "
                            "writes them", extra={"worker_pid": worker.pid})
 
