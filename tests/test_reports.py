@@ -17,7 +17,7 @@ import pytest
 from helpers import ROOT, Server, call, metric_samples
 from ml.monitoring.migrate import upgrade
 from ml.monitoring.reports import newest_report, save_report
-from ml.monitoring.store import PredictionStore, StoreUnavailable
+from ml.monitoring.store import PredictionStore
 from test_postgres import postgres  # noqa: F401 - the session's PostgreSQL server
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
