@@ -163,7 +163,7 @@ def test_a_computed_window_of_an_empty_store_has_counts_only(client):
     body = client.get("/monitoring?last=5").get_json()
     assert body["window"]["rows"] == 0 and body["id"] is None
     assert body["drift"] is None and body["outcomes"]["metrics"] is None
-    assert body["note"] == "too few predictions to describe (0 < 100)"
+    assert body["note"] == "too few predictions to describe (0 < 200)"
 
 
 def test_shifted_credit_amounts_show_as_drift_on_that_feature_only(
@@ -239,27 +239,27 @@ def test_outcome_metrics_match_the_evaluation_functions(client, applicants, data
 
 
 def test_one_class_of_outcomes_reports_counts_without_ranking_metrics(client, applicants):
-    answer = predict(client, {"instances": applicants[:150]}, "only-good")
+    answer = predict(client, {"instances": applicants[:250]}, "only-good")
     label(client, answer, ["good"])
-    outcomes = client.get("/monitoring?last=150").get_json()["outcomes"]
+    outcomes = client.get("/monitoring?last=250").get_json()["outcomes"]
     assert outcomes["labelled"] == 1 and outcomes["good"] == 1
     assert outcomes["metrics"] is None
 
 
 @pytest.mark.parametrize("labelled, bad, expected", [
-    (99, 30, False),  # fewer than MONITORING_MIN_LABELLED
-    (120, 9, False),  # enough, but fewer than 10 of a class
-    (120, 10, True),
+    (199, 60, False),  # fewer than MONITORING_MIN_LABELLED
+    (220, 9, False),  # enough, but fewer than 10 of a class
+    (220, 10, True),
 ])
 def test_outcome_metrics_need_the_minimum_of_labelled_rows_of_both_classes(
         client, applicants, labelled, bad, expected):
-    answer = predict(client, {"instances": applicants[:150]}, "minimum")
+    answer = predict(client, {"instances": applicants[:250]}, "minimum")
     label(client, answer, ["bad"] * bad + ["good"] * (labelled - bad))
-    outcomes = client.get("/monitoring?last=150").get_json()["outcomes"]
+    outcomes = client.get("/monitoring?last=250").get_json()["outcomes"]
     assert outcomes["labelled"] == labelled
     assert (outcomes["metrics"] is not None) is expected
     if not expected:
-        assert outcomes["note"].startswith("outcome metrics need 100 labelled predictions")
+        assert outcomes["note"].startswith("outcome metrics need 200 labelled predictions")
 
 
 def test_a_window_of_one_applicant_never_shows_its_bins_or_its_decision(
@@ -274,7 +274,7 @@ def test_a_window_of_one_applicant_never_shows_its_bins_or_its_decision(
     for response in (served, computed):
         body = response.get_json()
         assert body["window"]["rows"] == 1
-        assert body["note"] == "too few predictions to describe (1 < 100)"
+        assert body["note"] == "too few predictions to describe (1 < 200)"
         assert body["drift"] is body["decisions"] is body["summary"] is None
         assert body["outcomes"] == {"labelled": 1, "metrics": None, "note": body["note"]}
         text = response.get_data(as_text=True)

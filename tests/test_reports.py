@@ -160,7 +160,7 @@ def test_the_monitor_job_report_is_served_by_gunicorn_on_monitoring_and_metrics(
         server.wait_ready()
         assert call(server.url + "/monitoring")[0] == 404
         example = call(server.url + "/model")[2]["example"]
-        many = [{**example, "credit_amount": 1000 + 50 * i} for i in range(150)]
+        many = [{**example, "credit_amount": 1000 + 50 * i} for i in range(250)]
         assert call(server.url + "/predict?reasons=false", {"instances": many})[0] == 200
         time.sleep(1.0)  # > STORE_FLUSH_SECONDS: the spooled rows are in the database
         env = {**os.environ, "DATABASE_URL": f"sqlite:///{server.database}"}
@@ -170,10 +170,10 @@ def test_the_monitor_job_report_is_served_by_gunicorn_on_monitoring_and_metrics(
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert job.returncode == 0, job.stderr[-2000:]
         printed = json.loads(job.stdout.strip().splitlines()[-1])
-        assert printed["rows"] == 150 and printed["report_id"] >= 1
+        assert printed["rows"] == 250 and printed["report_id"] >= 1
         status, _, body = call(server.url + "/monitoring")
         assert status == 200 and body["id"] == printed["report_id"]
-        assert body["window"]["rows"] == 150 and body["drift"]["features"]
+        assert body["window"]["rows"] == 250 and body["drift"]["features"]
         time.sleep(1.1)  # past MONITORING_CACHE_SECONDS of a worker that scraped before
         for _ in range(4):  # whichever worker answers
             text = call(server.url + "/metrics")[2]
@@ -181,6 +181,6 @@ def test_the_monitor_job_report_is_served_by_gunicorn_on_monitoring_and_metrics(
             assert psi == {k: pytest.approx(v["psi"]) for k, v in
                            body["drift"]["features"].items()}
             [rows] = metric_samples(text, "credit_api_monitoring_rows")
-            assert rows.value == 150
+            assert rows.value == 250
     finally:
         server.stop()

@@ -23,8 +23,8 @@ from ml.monitoring import drift
 from ml.monitoring.outcomes import outcome_metrics
 
 # Defaults of MONITORING_MIN_ROWS and MONITORING_MIN_LABELLED (app/config.py, the job).
-MIN_ROWS = 100
-MIN_LABELLED = 100
+MIN_ROWS = 200
+MIN_LABELLED = 200
 # Outcome metrics also need this many labelled rows of each class (AUC, KS and a bad rate
 # of fewer bads would be one applicant's story, and noise).
 MIN_CLASS_LABELLED = 10
