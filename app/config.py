@@ -118,7 +118,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
                                              "a disk flush per request)"),
     "STORE_DEADLINE_SECONDS": (5, _positive_float, "Longest a request waits for the "
                                                    "database (feedback, monitoring)"),
-    "MONITORING_MAX_ROWS": (20000, _positive_int, "Most predictions GET /monitoring?last=N "
+    "MONITORING_MAX_ROWS": (10000, _positive_int, "Most predictions GET /monitoring?last=N "
                                                   "or ?days=D reads in a worker (the newest "
                                                   "of its window); larger windows are the "
                                                   "monitor job's"),

@@ -355,7 +355,7 @@ def monitoring_schemas(card: dict[str, Any]) -> dict[str, Any]:
 
 def build_openapi(spec: DatasetSpec | None, card: dict[str, Any] | None,
                   max_batch: int, max_reasons: int = 4,
-                  max_monitoring_rows: int = 20000) -> dict[str, Any]:
+                  max_monitoring_rows: int = 10000) -> dict[str, Any]:
     """The whole OpenAPI 3.0 document for a model (or a stub when none is loaded)."""
     card = card or {}
     if spec is not None:
