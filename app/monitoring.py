@@ -172,31 +172,39 @@ def monitoring() -> Response:
     """The newest stored monitoring report; or, with ``?last=N`` / ``?days=D``, a small
     window computed now. 404 until the monitor job has saved a report."""
     predictor = get_predictor()
-    config = current_app.config
-    window = parse_window(request.args, config["MONITORING_MAX_ROWS"])
-    now = datetime.now(timezone.utc)
+    window = parse_window(request.args, current_app.config["MONITORING_MAX_ROWS"])
     try:
         if window is None:
-            stored = newest_report(get_store(), predictor.name)
-        else:
-            rows = get_store().window(last=window.get("last", config["MONITORING_MAX_ROWS"]),
-                                      days=window.get("days"))
+            return _json(stored_report(predictor.name))
+        return _json(computed_report(predictor.card, window))
     except StoreUnavailable as exc:
         raise _unavailable(exc, "monitoring") from None
-    if window is not None:
-        report = build_report(predictor.card, rows, window, config["MONITORING_MIN_ROWS"],
-                              config["MONITORING_MIN_LABELLED"])
-        return _json({"id": None, "created_at": now.isoformat(timespec="seconds"),
-                      "age_seconds": 0.0, **report})
+
+
+def stored_report(model_name: str) -> dict[str, Any]:
+    """The newest report the job saved for ``model_name``, with its id, time and age."""
+    stored = newest_report(get_store(), model_name)
     if stored is None:
-        raise APIError(404, f"No monitoring report of model {predictor.name} yet: the monitor "
+        raise APIError(404, f"No monitoring report of model {model_name} yet: the monitor "
                             "job writes one (python -m ml monitor --days 7; in the cluster "
                             "the credit-risk-monitor CronJob, hourly). Or ask for a small "
                             "window now with ?last=N or ?days=D.")
-    return _json({"id": stored["id"],
-                  "created_at": stored["created_at"].isoformat(timespec="seconds"),
-                  "age_seconds": round((now - stored["created_at"]).total_seconds(), 3),
-                  **stored["report"]})
+    age = datetime.now(timezone.utc) - stored["created_at"]
+    return {"id": stored["id"], "created_at": stored["created_at"].isoformat(timespec="seconds"),
+            "age_seconds": round(age.total_seconds(), 3), **stored["report"]}
+
+
+def computed_report(card: dict[str, Any], window: dict[str, Any]) -> dict[str, Any]:
+    """The report of a window read now (a ``days`` window: its newest
+    ``MONITORING_MAX_ROWS``), under the same minimum window as the job."""
+    config = current_app.config
+    now = datetime.now(timezone.utc)
+    rows = get_store().window(last=window.get("last", config["MONITORING_MAX_ROWS"]),
+                              days=window.get("days"))
+    report = build_report(card, rows, window, config["MONITORING_MIN_ROWS"],
+                          config["MONITORING_MIN_LABELLED"])
+    return {"id": None, "created_at": now.isoformat(timespec="seconds"), "age_seconds": 0.0,
+            **report}
 
 
 def init_app(app: Flask) -> None:
