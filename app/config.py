@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
+from ml.monitoring.report import MIN_LABELLED, MIN_ROWS
 from ml.spec.config import models_dir
 
 MIB = 1024 * 1024
@@ -117,10 +118,22 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any], str]] = {
                                              "a disk flush per request)"),
     "STORE_DEADLINE_SECONDS": (5, _positive_float, "Longest a request waits for the "
                                                    "database (feedback, monitoring)"),
-    "MONITORING_LAST": (5000, _positive_int, "Predictions GET /monitoring looks at when "
-                                             "neither last nor days is given"),
-    "MONITORING_MAX_ROWS": (100000, _positive_int, "Most predictions one GET /monitoring "
-                                                   "reads (the newest of its window)"),
+    "MONITORING_MAX_ROWS": (10000, _positive_int, "Most predictions GET /monitoring?last=N "
+                                                  "or ?days=D reads in a worker (the newest "
+                                                  "of its window); larger windows are the "
+                                                  "monitor job's"),
+    "MONITORING_MIN_ROWS": (MIN_ROWS, _positive_int, "The minimum window: a report of fewer "
+                                                     "predictions carries counts only (no "
+                                                     "drift, decision mix or outcome metrics)"),
+    "MONITORING_MIN_LABELLED": (MIN_LABELLED, _positive_int, "Labelled predictions (each "
+                                                             "class at least 10) below which "
+                                                             "a report has no outcome metrics"),
+    "MONITORING_CACHE_SECONDS": (60, _positive_float, "How long a worker keeps the newest "
+                                                      "stored report for the /metrics gauges "
+                                                      "before reading the store again"),
+    "MONITORING_METRICS_DEADLINE_SECONDS": (0.5, _positive_float, "Longest a /metrics scrape "
+                                                                  "waits for the store (then "
+                                                                  "the cached gauges)"),
     "AUTH_REQUIRED": (True, parse_bool, "Require a bearer credential on every route but "
                                         "/health_check and /ready (false: open, for local "
                                         "experiments only)"),

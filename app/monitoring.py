@@ -9,45 +9,37 @@ belong to someone: a client with the ``feedback`` scope labels only its own pred
 correction, ``"correction": true`` with a ``reason``, which needs ``feedback:correct``
 and is kept in ``outcome_corrections`` and logged. Who recorded it is stored with it.
 
-Monitoring computes drift and performance for a window of stored predictions
+``GET /monitoring`` serves the newest report the monitor job (``python -m ml monitor``)
+saved in the store (:mod:`ml.monitoring.reports`), with its id, time and age: its cost
+is one indexed read, whatever the window. ``?last=N`` / ``?days=D`` compute a window of
+at most ``MONITORING_MAX_ROWS`` predictions here instead
 (:func:`ml.monitoring.report.build_report`, numpy only: no scikit-learn, scipy or pandas
-in a worker) and publishes the headline figures as Prometheus gauges, which the alert
-rules in ``monitoring/alerts.yml`` watch.
+in a worker). Both obey the minimum window (``MONITORING_MIN_ROWS``): fewer predictions
+give counts only. The ``/metrics`` gauges come from the stored report too
+(:class:`app.metrics.ReportCollector`), never from a request here.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from flask import Blueprint, Flask, Response, current_app, request
-from prometheus_client import Gauge
 
-from app import logs, services, store
+from app import logs, metrics, services, store
 from app.auth import current_identity, forbidden
 from app.errors import APIError
+from app.model import EXTENSION as MODEL_EXTENSION
 from app.model import get_predictor
 from app.store import get_store
 from ml.monitoring.report import build_report
+from ml.monitoring.reports import newest_report
 from ml.monitoring.store import STORE_ERRORS, StoreUnavailable
 
 bp = Blueprint("monitoring", __name__)
 log = logging.getLogger(__name__)
-
-# "mostrecent": under gunicorn the figure of the last computation wins, whichever
-# worker made it (a sum or max over workers would be meaningless for a PSI).
-PSI = Gauge("credit_api_psi", "PSI (CSI) of a feature against the training reference, "
-            "as of the last monitoring computation.", ["feature"],
-            multiprocess_mode="mostrecent")
-SCORE_PSI = Gauge("credit_api_score_psi", "PSI of the predicted PD against the training "
-                  "reference, as of the last monitoring computation.",
-                  multiprocess_mode="mostrecent")
-OUTCOME = Gauge("credit_api_outcome_metric", "Performance on labelled outcomes of the last "
-                "monitoring window (roc_auc, ks, bad_rate_among_approved, expected_cost).",
-                ["metric"], multiprocess_mode="mostrecent")
-WINDOW_ROWS = Gauge("credit_api_monitoring_rows", "Predictions in the last monitoring window.",
-                    multiprocess_mode="mostrecent")
 
 FEEDBACK_FIELDS = ("prediction_id", "outcome", "index", "correction", "reason")
 
@@ -98,18 +90,19 @@ def parse_correction(payload: dict[str, Any]) -> str | None:
     return payload["reason"] if payload.get("correction") else None
 
 
-def parse_window(args: Mapping[str, str], default_last: int, most: int) -> dict[str, Any]:
-    """The window from the query: ``last`` N and/or ``days`` D (both: the newest N of
-    the last D days); 400 when a value is not usable."""
+def parse_window(args: Mapping[str, str], most: int) -> dict[str, Any] | None:
+    """The window to compute from the query: ``last`` N and/or ``days`` D (both: the newest
+    N of the last D days; ``days`` alone: its newest ``most``); None without either (the
+    stored report); 400 when a value is not usable."""
     unknown = [k for k in args if k not in ("last", "days")]
     problems = [{"field": k if len(k) <= 64 else "(long name)",
                  "problem": "is not a known query parameter"} for k in unknown]
-    window: dict[str, Any] = {} if "days" in args else {"last": default_last}
+    window: dict[str, Any] = {}
     if "last" in args:
         try:
-            window = {"last": int(args["last"])}
+            window["last"] = int(args["last"])
         except ValueError:
-            window = {"last": 0}
+            window["last"] = 0
         if not 1 <= window["last"] <= most:
             problems.append({"field": "last", "problem": f"must be a whole number from 1 to "
                              f"{most}"})
@@ -124,20 +117,7 @@ def parse_window(args: Mapping[str, str], default_last: int, most: int) -> dict[
         window["days"] = days
     if problems:
         raise APIError(400, "The query parameters are invalid.", problems)
-    return window
-
-
-def publish(report: dict[str, Any]) -> None:
-    """Set the gauges from a monitoring report."""
-    WINDOW_ROWS.set(report["window"]["rows"])
-    if report.get("drift"):
-        SCORE_PSI.set(report["drift"]["score"]["psi"])
-        for name, entry in report["drift"]["features"].items():
-            PSI.labels(name).set(entry["psi"])
-    metrics = (report.get("outcomes") or {}).get("metrics")
-    if metrics:
-        for key in ("roc_auc", "ks", "bad_rate_among_approved", "expected_cost"):
-            OUTCOME.labels(key).set(metrics[key])
+    return window or None
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -189,22 +169,51 @@ def feedback() -> Response:
 
 @bp.get("/monitoring")
 def monitoring() -> Response:
-    """Drift and performance of a window of stored predictions (``?last=N`` or ``?days=D``)."""
+    """The newest stored monitoring report; or, with ``?last=N`` / ``?days=D``, a small
+    window computed now. 404 until the monitor job has saved a report."""
     predictor = get_predictor()
-    config = current_app.config
-    window = parse_window(request.args, config["MONITORING_LAST"], config["MONITORING_MAX_ROWS"])
+    window = parse_window(request.args, current_app.config["MONITORING_MAX_ROWS"])
     try:
-        # A days window is capped too: its newest MONITORING_MAX_ROWS predictions.
-        rows = get_store().window(last=window.get("last", config["MONITORING_MAX_ROWS"]),
-                                  days=window.get("days"))
+        if window is None:
+            return _json(stored_report(predictor.name))
+        return _json(computed_report(predictor.card, window))
     except StoreUnavailable as exc:
         raise _unavailable(exc, "monitoring") from None
-    report = build_report(predictor.card, rows, window)
-    publish(report)
-    return _json(report)
+
+
+def stored_report(model_name: str) -> dict[str, Any]:
+    """The newest report the job saved for ``model_name``, with its id, time and age."""
+    stored = newest_report(get_store(), model_name)
+    if stored is None:
+        raise APIError(404, f"No monitoring report of model {model_name} yet: the monitor "
+                            "job writes one (python -m ml monitor --days 7; in the cluster "
+                            "the credit-risk-monitor CronJob, hourly). Or ask for a small "
+                            "window now with ?last=N or ?days=D.")
+    age = datetime.now(timezone.utc) - stored["created_at"]
+    return {"id": stored["id"], "created_at": stored["created_at"].isoformat(timespec="seconds"),
+            "age_seconds": round(age.total_seconds(), 3), **stored["report"]}
+
+
+def computed_report(card: dict[str, Any], window: dict[str, Any]) -> dict[str, Any]:
+    """The report of a window read now (a ``days`` window: its newest
+    ``MONITORING_MAX_ROWS``), under the same minimum window as the job."""
+    config = current_app.config
+    now = datetime.now(timezone.utc)
+    rows = get_store().window(last=window.get("last", config["MONITORING_MAX_ROWS"]),
+                              days=window.get("days"))
+    report = build_report(card, rows, window, config["MONITORING_MIN_ROWS"],
+                          config["MONITORING_MIN_LABELLED"])
+    return {"id": None, "created_at": now.isoformat(timespec="seconds"), "age_seconds": 0.0,
+            **report}
 
 
 def init_app(app: Flask) -> None:
-    """Open the prediction store (it saves every prediction) and add the two routes."""
+    """Open the prediction store (it saves every prediction), add the two routes, and
+    export the newest stored report's gauges on ``/metrics``."""
     store.init_app(app)
     app.register_blueprint(bp)
+    predictor = app.extensions[MODEL_EXTENSION].predictor
+    app.extensions[metrics.REPORT_EXTENSION] = metrics.ReportCollector(
+        app.extensions[store.EXTENSION], predictor.card if predictor else None,
+        ttl=app.config["MONITORING_CACHE_SECONDS"],
+        deadline=app.config["MONITORING_METRICS_DEADLINE_SECONDS"])

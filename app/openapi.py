@@ -258,22 +258,28 @@ def monitoring_paths(max_rows: int) -> dict[str, Any]:
                           **_errors(400, 404, 409, 413, 415, 503)}}},
         "/monitoring": {"get": {
             "operationId": "monitoring", "tags": ["monitoring"],
-            "summary": "Drift (PSI/CSI vs the training reference), decision mix and "
-                       "performance on labelled outcomes of stored predictions",
-            "description": "The window is the newest `last` predictions, of the last `days` "
-                           "days when given. Also updates the `credit_api_psi`, "
-                           "`credit_api_score_psi` and `credit_api_outcome_metric` gauges.",
+            "summary": "The newest monitoring report: drift (PSI/CSI vs the training "
+                       "reference), decision mix and performance on labelled outcomes",
+            "description": "Without parameters: the newest report the monitor job "
+                           "(`python -m ml monitor`, the hourly CronJob) saved for the served "
+                           "model, with its `id`, `created_at` and `age_seconds`; 404 until "
+                           "there is one. With `last` and/or `days`: a window of at most "
+                           f"{max_rows} predictions computed now (`id` null). A window below "
+                           "the minimum (`MONITORING_MIN_ROWS`, see `minimum`) carries counts "
+                           "only and a `note`: no drift, decision mix or outcome metrics. The "
+                           "Prometheus gauges on /metrics come from the stored report.",
             "parameters": [
                 {"name": "last", "in": "query", "required": False,
-                 "description": "The newest N predictions (default MONITORING_LAST).",
+                 "description": "Compute the newest N predictions now.",
                  "schema": {"type": "integer", "minimum": 1, "maximum": max_rows}},
                 {"name": "days", "in": "query", "required": False,
-                 "description": "Only predictions of the last D days.",
+                 "description": "Compute the predictions of the last D days now (their "
+                                "newest N with `last`).",
                  "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
                             "maximum": 3660}},
             ],
             "responses": {"200": _json("MonitoringReport", "The report."),
-                          **_errors(400, 503)}}},
+                          **_errors(400, 404, 503)}}},
     }
 
 
@@ -315,26 +321,41 @@ def monitoring_schemas(card: dict[str, Any]) -> dict[str, Any]:
                                                        "enum": ["created", "unchanged",
                                                                 "corrected"]}}},
         "MonitoringReport": {
-            "type": "object", "required": ["model", "window", "drift", "decisions", "outcomes"],
+            "type": "object",
+            "required": ["id", "created_at", "age_seconds", "model", "window", "minimum",
+                         "drift", "decisions", "outcomes"],
             "properties": {
+                "id": {"type": "integer", "nullable": True,
+                       "description": "The stored report's id; null for a window computed "
+                                      "on request."},
+                "created_at": {"type": "string", "format": "date-time"},
+                "age_seconds": {"type": "number", "minimum": 0},
                 "model": {"$ref": REF + "ModelRef"},
                 "window": {"type": "object", "required": ["rows"],
                            "properties": {"rows": {"type": "integer"}}},
+                "minimum": {"type": "object", "description": "The minimum window: rows for "
+                            "any figure, labelled rows (and per class) for outcome metrics."},
+                "note": {"type": "string", "description": "Why figures are missing, e.g. "
+                         "\"too few predictions to describe (1 < 100)\"."},
                 "drift": {"type": "object", "nullable": True,
                           "description": "`score` and `features` entries: psi, band "
                                          "(stable < 0.10 <= watch <= 0.25 < act), expected "
-                                         "and actual bin shares; null without predictions."},
-                "decisions": {"type": "object"},
-                "outcomes": {"type": "object", "description": "Labelled counts and, with "
-                             "both classes, roc_auc, ks, bad_rate_among_approved, "
-                             "confusion_matrix, expected_cost."},
+                                         "and actual bin shares; null below the minimum "
+                                         "window."},
+                "summary": {"type": "object", "nullable": True},
+                "decisions": {"type": "object", "nullable": True,
+                              "description": "Count and share per decision; null below the "
+                                             "minimum window."},
+                "outcomes": {"type": "object", "description": "Labelled counts and, above "
+                             "the outcome minimum with both classes, roc_auc, ks, brier, "
+                             "bad_rate_among_approved, confusion_matrix, expected_cost."},
             }},
     }
 
 
 def build_openapi(spec: DatasetSpec | None, card: dict[str, Any] | None,
                   max_batch: int, max_reasons: int = 4,
-                  max_monitoring_rows: int = 100000) -> dict[str, Any]:
+                  max_monitoring_rows: int = 10000) -> dict[str, Any]:
     """The whole OpenAPI 3.0 document for a model (or a stub when none is loaded)."""
     card = card or {}
     if spec is not None:

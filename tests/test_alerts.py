@@ -46,17 +46,50 @@ def test_psi_alert_fires_above_the_act_band_of_ml_drift():
     assert rules["CreditRiskScoreDrift"]["expr"].endswith(f"> {WATCH}")
 
 
-@pytest.mark.parametrize("metric", ["credit_api_psi", "credit_api_score_psi",
-                                    "credit_api_store_errors_total"])
-def test_alerts_watch_metrics_the_app_exports(make_app, example, tmp_path, metric):
-    app = make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}", TESTING=False)
+def exported_names(client) -> set[str]:
+    """Sample names on the app's /metrics, plus what a family with no sample yet will
+    expose (a labelled family before its first child, a report gauge before a report)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    exported = set()
+    for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True)):
+        exported |= {sample.name for sample in family.samples}
+        exported |= {family.name + suffix for suffix in
+                     {"counter": ("_total",), "histogram": ("_bucket",)}.get(family.type, ("",))}
+    return exported
+
+
+@pytest.fixture(scope="module")
+def exported(make_app, tmp_path_factory, example_record):
+    app = make_app(DATABASE_URL=f"sqlite:///{tmp_path_factory.mktemp('alerts') / 'p.db'}",
+                   TESTING=False)
     client = app.test_client()
-    client.post("/predict", json=example)
-    client.get("/monitoring")
-    from prometheus_client import REGISTRY
-    families = {family.name for family in REGISTRY.collect()}
-    assert metric.removesuffix("_total") in families
-    assert metric in RULES.read_text()
+    client.post("/predict", json=example_record)
+    return exported_names(client)
+
+
+@pytest.fixture(scope="module")
+def example_record(trained_model_dir):
+    from ml.serving.artifact import read_card
+    return read_card(trained_model_dir)["example"]
+
+
+def rule_metrics() -> set[str]:
+    exprs = [r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    return {m for e in exprs for m in re.findall(r"\bcredit_api_\w+", e)}
+
+
+@pytest.mark.parametrize("metric", ["credit_api_psi", "credit_api_score_psi",
+                                    "credit_api_store_errors_total",
+                                    "credit_api_outcome_metric", "credit_api_reference_metric",
+                                    "credit_api_monitoring_report_timestamp_seconds",
+                                    "credit_api_model_ready"])
+def test_alerts_watch_metrics_the_app_exports(exported, metric):
+    assert metric in exported
+    assert metric in rule_metrics()
+
+
+def test_every_metric_of_the_rules_is_exported(exported):
+    assert rule_metrics() <= exported, rule_metrics() - exported
 
 
 def test_prometheusrule_manifest_is_generated_from_the_rule_file():
@@ -86,25 +119,11 @@ def test_prometheusrule_check_fails_when_the_manifest_is_stale(tmp_path, monkeyp
 DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "credit-risk-api.json"
 
 
-def test_dashboard_covers_the_service_and_queries_only_exported_metrics(
-        trained_model_dir, tmp_path):
-    from app import create_app
+def test_dashboard_covers_the_service_and_queries_only_exported_metrics(exported):
     dashboard = json.loads(DASHBOARD.read_text())
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("traffic", "latency", "errors", "decisions", "pd distribution", "drift"):
         assert topic in titles, topic
-    app = create_app({"MODEL_DIR": str(trained_model_dir),
-                      "DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}"})
-    client = app.test_client()
-    client.post("/predict", json=app.extensions["credit_model"].predictor.card["example"])
-    client.get("/monitoring")
-    from prometheus_client import REGISTRY
-    # Sample names, and what a labelled family with no child yet will expose.
-    exported = set()
-    for family in REGISTRY.collect():
-        exported |= {sample.name for sample in family.samples}
-        exported |= {family.name + suffix for suffix in
-                     {"counter": ("_total",), "histogram": ("_bucket",)}.get(family.type, ("",))}
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"\bcredit_api_\w+", e)}
     assert used and used <= exported, used - exported
@@ -118,4 +137,4 @@ def test_compose_prometheus_loads_the_rule_file(promtool, tmp_path):
     result = subprocess.run([promtool, "check", "config", "prometheus.yml"], capture_output=True,
                             text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 rules found" in result.stdout + result.stderr
+    assert "6 rules found" in result.stdout + result.stderr

@@ -21,8 +21,11 @@ SECRET = str(SECRET_NUMBER)
 
 @pytest.fixture()
 def app(make_app, tmp_path):
-    """A fresh app per test: its own store, so a monitoring window holds only its rows."""
-    return make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'predictions.db'}", MAX_BATCH=1000)
+    """A fresh app per test: its own store, so a monitoring window holds only its rows.
+    The /metrics gauges re-read the store at every scrape here (test_metrics_cache.py
+    tests the cache)."""
+    return make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'predictions.db'}", MAX_BATCH=1000,
+                    MONITORING_CACHE_SECONDS=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +142,32 @@ def test_monitoring_rejects_bad_query_parameters(client, query):
     assert body["details"]
 
 
-def test_monitoring_of_an_empty_store_says_so(client):
-    body = client.get("/monitoring").get_json()
-    assert body["window"]["rows"] == 0
+def run_job(app, model_dir, tmp_path, *args):
+    """``python -m ml monitor`` on the app's store (its rows written first); the id it
+    printed."""
+    from ml.__main__ import main
+
+    app.extensions["prediction_store"].flush()  # the job reads the database, not the spool
+    out = tmp_path / "job"
+    assert main(["monitor", "--database-url", app.config["DATABASE_URL"], "--model",
+                 str(model_dir), "--out", str(out), "--no-plots", *args]) == 0
+    return json.loads((out / "monitoring.json").read_text())
+
+
+def test_monitoring_before_any_report_is_404_saying_how_to_make_one(client):
+    body = assert_error(client.get("/monitoring"), 404)
+    assert "python -m ml monitor" in body["message"] and "?last=N" in body["message"]
+
+
+def test_a_computed_window_of_an_empty_store_has_counts_only(client):
+    body = client.get("/monitoring?last=5").get_json()
+    assert body["window"]["rows"] == 0 and body["id"] is None
     assert body["drift"] is None and body["outcomes"]["metrics"] is None
+    assert body["note"] == "too few predictions to describe (0 < 200)"
 
 
-def test_shifted_credit_amounts_show_as_drift_on_that_feature_only(client, applicants, spec):
+def test_shifted_credit_amounts_show_as_drift_on_that_feature_only(
+        app, client, applicants, spec, tmp_path, trained_model_dir):
     shifted = [{**a, "credit_amount": min(a["credit_amount"] * 3, 50000)} for a in applicants]
     predict(client, {"instances": shifted}, "shifted")
     body = client.get("/monitoring?last=1000").get_json()
@@ -158,6 +180,12 @@ def test_shifted_credit_amounts_show_as_drift_on_that_feature_only(client, appli
         if name != "credit_amount":
             assert features[name]["psi"] < 0.10, name
             assert features[name]["band"] == "stable"
+    # Computing a window sets no gauge: they come from the job's stored report only.
+    assert gauges(client, "credit_api_psi") == {}
+    run_job(app, trained_model_dir, tmp_path, "--last", "1000")
+    stored = client.get("/monitoring").get_json()
+    assert stored["drift"] == body["drift"] and stored["id"] >= 1
+    assert 0 <= stored["age_seconds"] < 60
     # The same figures are Prometheus gauges.
     psi = gauges(client, "credit_api_psi")
     assert psi[(("feature", "credit_amount"),)] == pytest.approx(features["credit_amount"]["psi"])
@@ -168,19 +196,23 @@ def test_shifted_credit_amounts_show_as_drift_on_that_feature_only(client, appli
 
 def test_unshifted_real_applicants_are_stable_everywhere(client, applicants):
     predict(client, {"instances": applicants}, "same")
-    body = client.get("/monitoring").get_json()
+    body = client.get("/monitoring?last=1000").get_json()
     assert body["summary"]["features_to_act_on"] == []
     assert body["summary"]["max_feature_psi"] < 0.10
     assert body["decisions"]["approve"]["count"] + body["decisions"]["decline"]["count"] == 1000
 
 
-def test_outcome_metrics_match_the_evaluation_functions(client, applicants, dataset, app):
-    answer = predict(client, {"instances": applicants[:400]}, "labelled")
-    labels = ["bad" if y else "good" for y in dataset.y[:400]]
-    for i, outcome in enumerate(labels):
+def label(client, answer, outcomes):
+    for i, outcome in enumerate(outcomes):
         assert client.post("/feedback", json={"prediction_id": answer["prediction_id"],
                                               "index": i,
                                               "outcome": outcome}).status_code == 200
+
+
+def test_outcome_metrics_match_the_evaluation_functions(client, applicants, dataset, app,
+                                                        tmp_path, trained_model_dir):
+    answer = predict(client, {"instances": applicants[:400]}, "labelled")
+    label(client, answer, ["bad" if y else "good" for y in dataset.y[:400]])
     body = client.get("/monitoring?days=1").get_json()
     metrics = body["outcomes"]["metrics"]
     from sklearn.metrics import roc_auc_score
@@ -194,29 +226,94 @@ def test_outcome_metrics_match_the_evaluation_functions(client, applicants, data
     assert sum(matrix["actual_bad"]) == y.sum() and sum(matrix["actual_good"]) == 400 - y.sum()
     assert 0 < metrics["ks"] <= 1
     assert body["outcomes"]["labelled"] == 400
-    assert gauges(client, "credit_api_outcome_metric")[(("metric", "roc_auc"),)] == \
-        pytest.approx(metrics["roc_auc"])
+    run_job(app, trained_model_dir, tmp_path, "--days", "1")
+    outcome = gauges(client, "credit_api_outcome_metric")
+    for name in ("roc_auc", "ks", "brier", "bad_rate_among_approved", "expected_cost"):
+        assert outcome[(("metric", name),)] == pytest.approx(metrics[name]), name
+    card = app.extensions["credit_model"].predictor.card
+    reference = gauges(client, "credit_api_reference_metric")
+    assert reference[(("metric", "roc_auc"),)] == pytest.approx(
+        card["metrics"]["test"]["roc_auc"])
+    assert gauges(client, "credit_api_monitoring_labelled")[()] == 400
+    assert gauges(client, "credit_api_monitoring_rows")[()] == 400
 
 
-def test_one_class_of_outcomes_reports_counts_without_ranking_metrics(client, example):
-    only = predict(client, example, "only-good")["prediction_id"]
-    client.post("/feedback", json={"prediction_id": only, "outcome": "good"})
-    outcomes = client.get("/monitoring").get_json()["outcomes"]
+def test_one_class_of_outcomes_reports_counts_without_ranking_metrics(client, applicants):
+    answer = predict(client, {"instances": applicants[:250]}, "only-good")
+    label(client, answer, ["good"])
+    outcomes = client.get("/monitoring?last=250").get_json()["outcomes"]
     assert outcomes["labelled"] == 1 and outcomes["good"] == 1
     assert outcomes["metrics"] is None
+
+
+@pytest.mark.parametrize("labelled, bad, expected", [
+    (199, 60, False),  # fewer than MONITORING_MIN_LABELLED
+    (220, 9, False),  # enough, but fewer than 10 of a class
+    (220, 10, True),
+])
+def test_outcome_metrics_need_the_minimum_of_labelled_rows_of_both_classes(
+        client, applicants, labelled, bad, expected):
+    answer = predict(client, {"instances": applicants[:250]}, "minimum")
+    label(client, answer, ["bad"] * bad + ["good"] * (labelled - bad))
+    outcomes = client.get("/monitoring?last=250").get_json()["outcomes"]
+    assert outcomes["labelled"] == labelled
+    assert (outcomes["metrics"] is not None) is expected
+    if not expected:
+        assert outcomes["note"].startswith("outcome metrics need 200 labelled predictions")
+
+
+def test_a_window_of_one_applicant_never_shows_its_bins_or_its_decision(
+        app, client, example, tmp_path, trained_model_dir):
+    answer = predict(client, example, "alone")
+    decision = answer["predictions"][0]["decision"] if "predictions" in answer else \
+        answer["decision"]
+    label(client, answer, ["bad"])
+    stored = run_job(app, trained_model_dir, tmp_path, "--last", "10")
+    served = client.get("/monitoring")
+    computed = client.get("/monitoring?last=1")
+    for response in (served, computed):
+        body = response.get_json()
+        assert body["window"]["rows"] == 1
+        assert body["note"] == "too few predictions to describe (1 < 200)"
+        assert body["drift"] is body["decisions"] is body["summary"] is None
+        assert body["outcomes"] == {"labelled": 1, "metrics": None, "note": body["note"]}
+        text = response.get_data(as_text=True)
+        assert decision not in text and '"bad"' not in text
+    assert served.get_json()["drift"] is stored["drift"] is None
+    # The gauges say how many, and nothing about the one applicant.
+    assert gauges(client, "credit_api_monitoring_rows")[()] == 1
+    for name in ("credit_api_psi", "credit_api_score_psi", "credit_api_decision_share",
+                 "credit_api_outcome_metric"):
+        assert gauges(client, name) == {}, name
+
+
+def test_the_minimum_window_is_a_setting_of_the_api_and_an_option_of_the_job(
+        make_app, tmp_path, applicants, trained_model_dir, monkeypatch):
+    app = make_app(DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}", MONITORING_MIN_ROWS=5)
+    client = app.test_client()
+    predict(client, {"instances": applicants[:5]}, "five")
+    assert client.get("/monitoring?last=5").get_json()["drift"] is not None
+    assert run_job(app, trained_model_dir, tmp_path, "--min-rows", "6")["drift"] is None
+    monkeypatch.setenv("MONITORING_MIN_ROWS", "5")  # the API's ConfigMap, seen by the job
+    assert run_job(app, trained_model_dir, tmp_path)["drift"] is not None
+    monkeypatch.setenv("MONITORING_MIN_ROWS", "zero")
+    from ml.__main__ import main
+    assert main(["monitor", "--database-url", app.config["DATABASE_URL"], "--model",
+                 str(trained_model_dir), "--out", str(tmp_path / "x")]) == 2
 
 
 # --------------------------------------------------------------------------- batch job
 
 
-def test_monitor_job_writes_a_json_report_and_psi_plots(app, client, applicants, tmp_path,
-                                                        trained_model_dir):
+def test_monitor_job_writes_a_json_report_psi_plots_and_the_stored_report(
+        app, client, applicants, tmp_path, trained_model_dir, capsys):
     from ml.__main__ import main
 
     shifted = [{**a, "duration_in_month": 120} for a in applicants]
     predict(client, {"instances": shifted}, "job")
     app.extensions["prediction_store"].flush()  # the job reads the database, not the queue
     out = tmp_path / "report"
+    capsys.readouterr()
     code = main(["monitor", "--database-url", app.config["DATABASE_URL"], "--model",
                  str(trained_model_dir), "--last", "1000", "--out", str(out)])
     assert code == 0
@@ -225,6 +322,17 @@ def test_monitor_job_writes_a_json_report_and_psi_plots(app, client, applicants,
     assert report["window"] == {**report["window"], "last": 1000, "rows": 1000}
     for name in ("psi_features.png", "psi_score.png"):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    served = client.get("/monitoring").get_json()
+    assert served["id"] == printed["report_id"]
+    assert {k: v for k, v in served.items() if k not in ("id", "created_at", "age_seconds")} \
+        == json.loads(json.dumps(report))
+    # --no-store writes the file only: the API still serves the report above.
+    assert main(["monitor", "--database-url", app.config["DATABASE_URL"], "--model",
+                 str(trained_model_dir), "--last", "10", "--out", str(out), "--no-plots",
+                 "--no-store"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["report_id"] is None
+    assert client.get("/monitoring").get_json()["id"] == printed["report_id"]
 
 
 def test_report_builder_is_pure_and_handles_no_rows(trained_model_dir):

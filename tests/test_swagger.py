@@ -109,6 +109,18 @@ def test_each_operation_documents_what_it_needs(document):
     assert "403" not in paths["/model"]["get"]["responses"]
 
 
+def test_monitoring_documents_the_stored_report_and_its_404(document, client):
+    operation = document["paths"]["/monitoring"]["get"]
+    assert {"200", "400", "404", "503"} <= set(operation["responses"])
+    assert "python -m ml monitor" in operation["description"]
+    schema = document["components"]["schemas"]["MonitoringReport"]
+    assert {"id", "created_at", "age_seconds", "minimum"} <= set(schema["required"])
+    assert schema["properties"]["drift"]["nullable"] and schema["properties"]["decisions"][
+        "nullable"]
+    body = client.get("/monitoring?last=1").get_json()  # below the minimum window
+    assert set(schema["required"]) <= set(body) and body["decisions"] is None
+
+
 def test_swagger_ui_references_no_outside_url(client):
     page = client.get("/apidocs/")
     assert page.status_code == 200

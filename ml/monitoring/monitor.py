@@ -1,21 +1,24 @@
 """The monitor job, ``python -m ml monitor``: the monitoring report of the prediction store.
 
-It reads a window of stored predictions, builds the same report as ``GET /monitoring``
-(:func:`ml.monitoring.report.build_report`), and writes ``monitoring.json`` plus PNG
-plots of the drift. The job runs in its own pod (a CronJob), so it may draw with
-matplotlib; no serving worker imports this module.
+It reads a window of stored predictions, builds the report
+(:func:`ml.monitoring.report.build_report`, with the same minimum window as the API),
+saves it in the store's ``monitoring_reports`` table (:mod:`ml.monitoring.reports`),
+where ``GET /monitoring`` and the ``/metrics`` gauges find it, and writes
+``monitoring.json`` plus PNG plots of the drift. The job runs in its own pod (a CronJob),
+so it may draw with matplotlib; no serving worker imports this module.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ml.monitoring import drift
-from ml.monitoring.report import build_report
+from ml.monitoring.report import MIN_LABELLED, MIN_ROWS, build_report
 from ml.spec import config
 
 
@@ -80,12 +83,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=config.REPORTS_DIR / "monitoring",
                         help="directory for monitoring.json and the plots")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-store", action="store_true",
+                        help="do not save the report in the store (only monitoring.json)")
+    parser.add_argument("--min-rows", type=int, default=None,
+                        help="below this many predictions the report has counts only "
+                             f"(default: $MONITORING_MIN_ROWS, else {MIN_ROWS})")
+    parser.add_argument("--min-labelled", type=int, default=None,
+                        help="below this many labelled predictions, no outcome metrics "
+                             f"(default: $MONITORING_MIN_LABELLED, else {MIN_LABELLED})")
+
+
+def minimums(args: argparse.Namespace) -> tuple[int, int]:
+    """``(min_rows, min_labelled)``: the options, else the environment (the API's
+    ConfigMap, so job and API apply the same minimum window), else the defaults."""
+    def pick(given: int | None, name: str, default: int) -> int:
+        text = os.environ.get(name, "").strip()
+        try:
+            value = given if given is not None else int(text) if text else default
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, got {text!r}") from None
+        if value < 1:
+            raise ValueError(f"the minimum window ({name}) must be at least 1, got {value}")
+        return value
+    return (pick(args.min_rows, "MONITORING_MIN_ROWS", MIN_ROWS),
+            pick(args.min_labelled, "MONITORING_MIN_LABELLED", MIN_LABELLED))
 
 
 def open_store(url: str | None) -> Any:
     """The prediction store at ``url``, ``$DATABASE_URL`` or the API's default."""
-    import os
-
     from ml.monitoring.store import PredictionStore, default_url
 
     return PredictionStore(url or os.environ.get("DATABASE_URL") or default_url(),
@@ -94,23 +119,27 @@ def open_store(url: str | None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report from the store, write JSON and plots, print a summary."""
+    from ml.monitoring.reports import save_report
     from ml.serving.artifact import read_card
 
     if args.last is not None and args.last < 1 or args.days is not None and args.days <= 0:
         raise ValueError("--last and --days must be positive")
+    min_rows, min_labelled = minimums(args)
     card = read_card(args.model or config.models_dir())
+    window = {"last": args.last} if args.last else {"days": args.days} if args.days else {}
     store = open_store(args.database_url)
     try:
         rows = store.window(last=args.last, days=args.days)
+        report = build_report(card, rows, window, min_rows, min_labelled)
+        report_id = None if args.no_store else save_report(store, report)
     finally:
         store.dispose()
-    window = {"last": args.last} if args.last else {"days": args.days} if args.days else {}
-    report = build_report(card, rows, window)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "monitoring.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     plots = [] if args.no_plots else save_plots(report, args.out / "plots")
     summary = report.get("summary") or {}
-    print(json.dumps({"rows": len(rows), "score_psi": summary.get("score_psi"),
+    print(json.dumps({"report_id": report_id, "rows": len(rows),
+                      "note": report.get("note"), "score_psi": summary.get("score_psi"),
                       "max_feature_psi": summary.get("max_feature_psi"),
                       "features_to_act_on": summary.get("features_to_act_on", []),
                       "report": str(args.out / "monitoring.json"),
