@@ -210,7 +210,8 @@ check_api() {
   [ "$(docker_ exec api id -u)" = "$OPENSHIFT_UID" ] || fail "api does not run as the random UID"
   # The drift report is computed in the API too: it must work with serving's libraries.
   local monitoring
-  monitoring=$(authed_curl -sS -o /dev/null -w '%{http_code}' "$url/monitoring")
+  # A window computed in the worker (numpy only: the api image has no sklearn or pandas).
+  monitoring=$(authed_curl -sS -o /dev/null -w '%{http_code}' "$url/monitoring?last=50")
   # Anonymous clients get nothing but the probes.
   [ "$(curl -sS -o /dev/null -w '%{http_code}' "$url/model")" = 401 ] ||
     fail "GET /model without a credential did not answer 401"
@@ -270,6 +271,12 @@ check_compose() {
   # The CronJobs' commands against the same database, on the compose network.
   check_jobs "postgresql+psycopg://credit:${POSTGRES_PASSWORD:-credit}@db:5432/credit" \
     "${PROJECT}_default"
+  # The monitor job's report, saved in PostgreSQL, is what the api serves and exports.
+  authed_curl -fsS "$url/monitoring" | grep -q '"age_seconds"' ||
+    fail "GET /monitoring did not serve the monitor job's report"
+  authed_curl -fsS "$url/metrics" | grep -q '^credit_api_monitoring_report_timestamp_seconds' ||
+    fail "/metrics did not export the monitor job's report"
+  echo "the api serves the monitor job's report (GET /monitoring, /metrics)"
   compose down --volumes --timeout 20 >/dev/null 2>&1
   COMPOSE_UP=0
 }
