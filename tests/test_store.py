@@ -247,18 +247,20 @@ def test_enqueue_then_flush_writes_every_row(tmp_path, example):
 
 @pytest.mark.skipif(not hasattr(os, "getpriority") or not os.path.isdir("/proc/self/task"),
                     reason="per-thread nice values are a Linux feature")
-def test_the_writer_thread_runs_at_the_priority_of_the_requests(tmp_path, example):
-    """A writer at a lower priority, descheduled while it holds the GIL, stalls every
-    request thread of its process (docs/design.md): it keeps the enqueuer's priority."""
+def test_the_writer_thread_runs_at_a_lower_priority_than_the_requests(tmp_path, example):
+    """Its group commits yield the CPU to the request threads (the API's tail latency);
+    the thread that enqueues keeps its own priority."""
     import threading
 
+    from ml.monitoring.spool import WRITER_NICE
     store = PredictionStore(f"sqlite:///{tmp_path / 'p.db'}", flush_seconds=0)
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert store.enqueue("r0", [example], [RESULT], "m", "v", False)
     assert store.flush(5)
     writer, = [t for t in threading.enumerate() if t.name == "prediction-store-writer"
                and t.is_alive() and store.drainer().thread is t]
-    assert os.getpriority(os.PRIO_PROCESS, writer.native_id) == mine
+    assert os.getpriority(os.PRIO_PROCESS, writer.native_id) == max(mine, WRITER_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
 def test_many_requests_are_written_in_a_few_transactions(tmp_path, example):

@@ -215,9 +215,7 @@ class Drainer:
         return True
 
     def _run(self) -> None:
-        # The writer keeps the worker's priority: a lowered nice value made it hold the
-        # GIL for longer while the request threads of its process waited for it
-        # (docs/design.md, "Single-record /predict throughput").
+        _lower_priority()
         idle_since = time.monotonic()
         next_scan = 0.0
         while True:
@@ -288,3 +286,19 @@ class Drainer:
                 if segment.done >= segment.size:
                     self.spool.own.remove(segment)
                     segment.close(delete=True)
+
+
+# The writer thread's nice value (Linux: per thread): its group inserts yield the CPU to
+# the request threads, which cuts the tail of /predict latency (docs/design.md).
+WRITER_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Give the calling thread (the writer) :data:`WRITER_NICE` on Linux, where each thread
+    has its own nice value; elsewhere, or if refused, it keeps its priority."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid),
+                                                 WRITER_NICE))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux, or not allowed
+        pass
