@@ -71,9 +71,13 @@ class Server:
                  **settings: str):
         self.port = free_port()
         self.log = open(workdir / f"{app.split(':')[0]}-{self.port}.log", "wb")
+        # Each server its own temporary directory, so its own default SQLite store and
+        # spool: two servers on one file contend for its write lock.
+        own = workdir / f"tmp-{self.port}"
+        own.mkdir()
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         env.update(PORT=str(self.port), MODEL_DIR=str(model_dir), WEB_CONCURRENCY=str(workers),
-                   TMPDIR=str(workdir))
+                   TMPDIR=str(own))
         # a.-g. measure the serving path without access control; h. measures its cost.
         env.update({"AUTH_REQUIRED": "false", "RATELIMIT_PREDICT": "1000000/second",
                     **settings})
