@@ -29,9 +29,11 @@ import logging
 import math
 import secrets
 import time
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from limits import parse_many, storage, strategies
+from limits.storage import MemoryStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import APIError
@@ -94,6 +96,44 @@ def _bound_chunked_body() -> None:
     environ.pop("HTTP_TRANSFER_ENCODING", None)
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """``limits``' in-process counters, with expired counters swept inside the counting
+    call (at most every :attr:`SWEEP_SECONDS`) instead of on a timer thread.
+
+    The library's ``memory://`` storage starts a new ``threading.Timer`` 10 ms after the
+    last one ended, so a busy worker creates about a hundred threads a second, and each
+    start waits, in a request, for the new thread to take the GIL. The counting is the
+    library's own (a counter is checked against its expiry whenever it is read); only
+    the freeing of memory held by expired counters moves into the request. If a future
+    ``limits`` renames the hook, :func:`counter_storage` falls back to the plain storage.
+    """
+
+    SWEEP_SECONDS = 1.0
+
+    def __init__(self, uri: str | None = None, **options: Any) -> None:
+        super().__init__(uri, **options)
+        self._swept = time.monotonic()
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 - the library's hook
+        now = time.monotonic()
+        if now - self._swept >= self.SWEEP_SECONDS:
+            self._swept = now
+            try:
+                self._MemoryStorage__expire_events()
+            except KeyError:  # pragma: no cover - a race: another thread's read dropped
+                pass  # the same expired counter mid-sweep; the next sweep goes on
+
+
+def counter_storage(uri: str) -> storage.Storage:
+    """The counters' storage for ``uri``: :class:`SweptMemoryStorage` for ``memory://``
+    (when this ``limits`` has the hooks it overrides), else the library's own choice."""
+    if uri.split("://", 1)[0] == "memory" and all(
+            callable(getattr(MemoryStorage, name, None))
+            for name in ("_MemoryStorage__schedule_expiry", "_MemoryStorage__expire_events")):
+        return SweptMemoryStorage(uri)
+    return storage.storage_from_string(uri)
+
+
 class RateLimits:
     """Per-client, per-route fixed-window limits.
 
@@ -103,7 +143,7 @@ class RateLimits:
     """
 
     def __init__(self, uri: str, limits: dict[str, str]) -> None:
-        self.limiter = strategies.FixedWindowRateLimiter(storage.storage_from_string(uri))
+        self.limiter = strategies.FixedWindowRateLimiter(counter_storage(uri))
         self.limits = {endpoint: parse_many(text) for endpoint, text in limits.items()}
 
     def check(self) -> None:

@@ -75,6 +75,26 @@ class TlsAwareSessions(SecureCookieSessionInterface):
         """``Secure`` when configured so or when this request arrived over HTTPS."""
         return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
 
+    def open_session(self, app: Flask, request: Request) -> Any:
+        """Flask's session; for a request without any cookie (every API call) the empty
+        session Flask would return, without building the cookie jar or the signer."""
+        if app.secret_key and "HTTP_COOKIE" not in request.environ:
+            return self.session_class()
+        return super().open_session(app, request)
+
+    def get_signing_serializer(self, app: Flask) -> Any:
+        """Flask's cookie signer for ``app``'s keys, built once per set of keys.
+
+        Flask builds a new signer (keys, salt, serializer) for every session it opens or
+        saves; the signer keeps no state between uses and depends only on the keys,
+        fixed once the app is built.
+        """
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        cached = self.__dict__.get("_signer")
+        if cached is None or cached[0] != keys:
+            cached = self._signer = (keys, super().get_signing_serializer(app))
+        return cached[1]
+
 
 def key_digest(key: str) -> bytes:
     """The SHA-256 of an API key: what the session keeps instead of the key."""

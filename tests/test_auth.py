@@ -480,6 +480,35 @@ def test_rate_limit_answers_429_with_retry_after_per_client(tmp_path, trained_mo
     assert_error(feedback(client, k["alice"], "0" * 32, "good"), 404)
 
 
+def test_rate_limit_counters_start_no_thread_per_count_and_free_expired_ones(monkeypatch):
+    from limits import parse, strategies
+
+    from app.auth_guard import SweptMemoryStorage, counter_storage
+
+    counters = counter_storage("memory://")
+    assert isinstance(counters, SweptMemoryStorage)
+    started, real_timer = [], threading.Timer
+
+    def timer(*args, **kwargs):
+        started.append(1)
+        return real_timer(*args, **kwargs)
+
+    monkeypatch.setattr(threading, "Timer", timer)
+    limiter, limit = strategies.FixedWindowRateLimiter(counters), parse("2/minute")
+    hits = []
+    for _ in range(3):  # the library's memory storage starts a timer thread 10 ms apart
+        hits.append(limiter.hit(limit, "api.predict", "key:alice"))
+        time.sleep(0.03)
+    assert hits == [True, True, False] and started == []
+    assert limiter.hit(limit, "api.predict", "key:bob")  # counted per client
+    monkeypatch.setattr(SweptMemoryStorage, "SWEEP_SECONDS", 0.0)
+    counters.incr("expired", expiry=0.01)
+    time.sleep(0.03)
+    limiter.hit(limit, "api.predict", "key:carol")  # a count sweeps what has expired
+    assert "expired" not in counters.storage and "expired" not in counters.expirations
+    assert not limiter.hit(limit, "api.predict", "key:alice")  # live counters stay
+
+
 @pytest.mark.parametrize("body,content_type", [
     (b'{"prediction_id": "a", "outcome": "good", "outcome": "bad"}', "application/json"),
     ('{"prediction_id": "a", "outcome": "good"}'.encode("utf-16"), "application/json"),

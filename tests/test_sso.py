@@ -214,3 +214,24 @@ def test_an_unreachable_provider_gets_a_503_page_not_a_500(make_app, keys):
     response = FlaskClient(app, use_cookies=True).get("/signin/sso", headers=BROWSER)
     assert response.status_code == 503
     assert "cannot be reached" in response.get_data(as_text=True)
+
+
+def test_sessions_without_a_cookie_skip_the_signer_and_with_one_build_it_once(
+        app, person, keys, monkeypatch):
+    built = []
+    real = sso.SecureCookieSessionInterface.get_signing_serializer
+
+    def counting(self, flask_app):
+        built.append(1)
+        return real(self, flask_app)
+
+    monkeypatch.setattr(sso.SecureCookieSessionInterface, "get_signing_serializer", counting)
+    monkeypatch.setattr(app, "session_interface", sso.TlsAwareSessions())
+    for _ in range(3):  # API calls carry no cookie: an empty session, no signer
+        assert person.get("/health_check").status_code == 200
+    assert built == []
+    assert sign_in(person, keys[1]["officer"]).status_code == 303
+    page = person.get("/", headers=BROWSER)  # the session is read, the signer reused
+    assert 'id="signed-in-as">officer<' in page.get_data(as_text=True)
+    assert "identity" in session_contents(person)
+    assert len(built) == 1
