@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from helpers import Server, call
-from ml.monitoring.migrate import upgrade
-from test_postgres import postgres  # noqa: F401 - the session's PostgreSQL server
+from test_postgres import fresh_database, postgres  # noqa: F401 - the session's server
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
@@ -24,13 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarn
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request, tmp_path):
     """A fresh database URL: an SQLite file, or a new database on the test server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    server = request.getfixturevalue("postgres")
-    name = f"d{uuid.uuid4().hex[:12]}"
-    server.run("createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", name)
-    upgrade(server.url(name))
-    return server.url(name)
+    return fresh_database(request, tmp_path, request.param)
 
 
 @pytest.fixture()

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,18 @@ def postgres():
         except AssertionError:  # already stopped by a test
             pass
         shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh_database(request, tmp_path, backend: str) -> str:
+    """A new, migrated database for one test: an SQLite file (the store migrates it), or
+    a database of its own on the session's server."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    server = request.getfixturevalue("postgres")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    server.run("createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", name)
+    upgrade(server.url(name))
+    return server.url(name)
 
 
 @pytest.fixture()

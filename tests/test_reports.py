@@ -9,30 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from helpers import ROOT, Server, call, metric_samples
-from ml.monitoring.migrate import upgrade
 from ml.monitoring.reports import newest_report, save_report
 from ml.monitoring.store import PredictionStore
-from test_postgres import postgres  # noqa: F401 - the session's PostgreSQL server
+from test_postgres import fresh_database, postgres  # noqa: F401 - the session's server
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
-
-
-def fresh_database(request, tmp_path, backend: str) -> str:
-    """A new, migrated database: an SQLite file or a database on the test server."""
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'reports.db'}"
-    server = request.getfixturevalue("postgres")
-    name = f"r{uuid.uuid4().hex[:12]}"
-    server.run("createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", name)
-    upgrade(server.url(name))
-    return server.url(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

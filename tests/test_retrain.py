@@ -10,7 +10,6 @@ import pytest
 
 from ml.__main__ import main
 from ml.monitoring import proposals
-from ml.monitoring.migrate import upgrade
 from ml.monitoring.store import PredictionStore
 from ml.serving import signing
 from ml.serving.artifact import LATEST, read_card
@@ -19,7 +18,7 @@ from ml.training.promote import load_proposal, to_markdown
 from ml.training.publish import load_artifact
 from ml.training.retrain import outcomes_frame
 from ml.training.train import record_from_row
-from test_postgres import postgres  # noqa: F401  (the real server fixture)
+from test_postgres import fresh_database, postgres  # noqa: F401  (the real server)
 
 
 @pytest.fixture(scope="module")
@@ -263,15 +262,7 @@ def test_document_check_renders_the_summary_and_pins_the_signer(reviewed, capsys
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path):
     """An empty, migrated store on SQLite or on the real PostgreSQL server."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'proposals.db'}"
-    else:
-        server = request.getfixturevalue("postgres")
-        name = f"proposals_{tmp_path.name.lower().replace('-', '_')[-40:]}"
-        server.run("createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres",
-                   name)
-        url = server.url(name)
-        upgrade(url)
+    url = fresh_database(request, tmp_path, request.param)
     store = PredictionStore(url)
     yield store
     store.dispose()
