@@ -22,6 +22,7 @@ every other route, an unknown one included, needs a valid identity.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -143,16 +144,16 @@ def add_authenticator(app: Flask, authenticator: Authenticator, first: bool = Fa
     authenticators.insert(0, authenticator) if first else authenticators.append(authenticator)
 
 
-def _check_request() -> None:
+def _check_request(state: AuthState) -> None:
     """The edge check: authenticate, then compare the identity's scopes with the route's."""
-    need = ENDPOINT_SCOPES.get(request.endpoint or _endpoint_of_other_method(), ANY)
+    req = request._get_current_object()  # one context lookup, not one per use
+    need = ENDPOINT_SCOPES.get(req.endpoint or _endpoint_of_other_method(), ANY)
     if need is OPEN:
         return
-    state: AuthState = current_app.extensions[EXTENSION]
     if not state.required:
         g.identity = ANONYMOUS
         return
-    identity = state.authenticate(request)
+    identity = state.authenticate(req)
     if identity is None:
         raise unauthorized()
     g.identity = identity
@@ -236,4 +237,4 @@ def init_app(app: Flask) -> None:
         state.authenticators.append(bearer_authenticator(keys, oidc))
     else:
         log.warning("AUTH_REQUIRED is false: every route is open to anyone")
-    app.before_request(_check_request)
+    app.before_request(functools.partial(_check_request, state))  # no lookup per request

@@ -83,9 +83,10 @@ def _security_headers(response: Response) -> Response:
 
 def _bound_chunked_body() -> None:
     """Read a body without Content-Length up to the limit; 413 past it."""
-    environ = request.environ
-    if (request.content_length is not None or not environ.get("wsgi.input_terminated")
-            or request.method in ("GET", "HEAD")):
+    req = request._get_current_object()  # one context lookup, not one per use
+    environ = req.environ
+    if (req.content_length is not None or not environ.get("wsgi.input_terminated")
+            or req.method in ("GET", "HEAD")):
         return
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     body = environ["wsgi.input"].read(limit + 1)
@@ -148,15 +149,16 @@ class RateLimits:
 
     def check(self) -> None:
         """Count this request; 429 with ``Retry-After`` when its client is over a limit."""
-        items = self.limits.get(request.endpoint or "")
+        endpoint = request.endpoint
+        items = self.limits.get(endpoint or "")
         if not items:
             return
         key = client_key()
         for item in items:
             try:
-                if self.limiter.hit(item, request.endpoint, key):
+                if self.limiter.hit(item, endpoint, key):
                     continue
-                reset = self.limiter.get_window_stats(item, request.endpoint, key).reset_time
+                reset = self.limiter.get_window_stats(item, endpoint, key).reset_time
             except Exception as exc:  # the counters' store is down: serve, and say so
                 log.warning("rate limit not checked", extra={"reason": type(exc).__name__})
                 return

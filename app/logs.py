@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Letters, digits and a few separators, at most 128 characters: a UUID, a trace id or a
@@ -130,9 +130,10 @@ def new_request_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
-def endpoint_label() -> str:
-    """The matched route (e.g. ``/predict``), never the raw path: bounded and data-free."""
-    rule = request.url_rule
+def endpoint_label(req: Request) -> str:
+    """The matched route of ``req`` (e.g. ``/predict``), never the raw path: bounded and
+    data-free."""
+    rule = req.url_rule
     return rule.rule if rule is not None else "<unmatched>"
 
 
@@ -234,12 +235,13 @@ def init_app(app: Flask) -> None:
         if info is None:  # pragma: no cover - only if another before_request hook failed
             start_request()
             info = g.request_info
+        req = request._get_current_object()  # one context lookup, not one per attribute
         seconds = time.perf_counter() - info.started
         elapsed_ms = seconds * 1000.0
         headers = response.headers
         for name, value in response_headers(info.request_id, elapsed_ms):
             headers[name] = value
-        endpoint, method, status = endpoint_label(), request.method, response.status_code
+        endpoint, method, status = endpoint_label(req), req.method, response.status_code
         for listener in listeners:
             listener(endpoint, method, status, seconds)
         log_request(info.request_id, method, endpoint, status, elapsed_ms, info.fields)

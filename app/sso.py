@@ -82,6 +82,12 @@ class TlsAwareSessions(SecureCookieSessionInterface):
             return self.session_class()
         return super().open_session(app, request)
 
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        """Flask's save; a session nobody touched (every API call) has nothing to save, and
+        Flask would work out the cookie's six attributes before finding that out."""
+        if session or session.modified or session.accessed:
+            super().save_session(app, session, response)
+
     def get_signing_serializer(self, app: Flask) -> Any:
         """Flask's cookie signer for ``app``'s keys, built once per set of keys.
 
