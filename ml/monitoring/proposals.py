@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ml.monitoring.schema import proposals
-from ml.monitoring.store import PredictionStore, _left
+from ml.monitoring.store import PredictionStore
 
 # The longest ``decision`` column value (schema.proposals); the full text is in the JSON.
 DECISION_CHARS = 500
@@ -31,8 +31,7 @@ DECISION_CHARS = 500
 def _call(store: PredictionStore, work: Any) -> Any:
     """Run ``work(connection)`` in a transaction within the store's deadline (none for
     jobs): the same breaker and helper threads as feedback and monitoring reads."""
-    # pylint: disable=protected-access  # the store's one deadline mechanism, reused
-    return store._within(work, _left(store._deadline()))
+    return store.within(work)
 
 
 def save(store: PredictionStore, proposal: dict[str, Any], now: datetime | None = None) -> int:

@@ -60,7 +60,7 @@ def save_report(store: PredictionStore, report: dict[str, Any],
 
     def work(conn: sa.Connection) -> int:
         return int(conn.execute(reports.insert().values(**values)).inserted_primary_key[0])
-    return store._within(work, store.deadline_seconds)
+    return store.within(work)
 
 
 def newest_report(store: PredictionStore, model_name: str | None = None,
@@ -87,7 +87,7 @@ def newest_report(store: PredictionStore, model_name: str | None = None,
     def work(conn: sa.Connection) -> dict[str, Any] | None:
         row = conn.execute(query).mappings().first()
         return None if row is None else dict(row)
-    row = store._within(work, store.deadline_seconds if seconds is None else seconds)
+    row = store.within(work, seconds)
     if row is None:
         return None
     for key in ("created_at", "window_from", "window_to"):

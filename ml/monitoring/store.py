@@ -236,8 +236,9 @@ class PredictionStore:
             self._failed_at = None
         return result
 
-    def _within(self, work: Any, seconds: float | None) -> Any:
-        """:meth:`_run` ``work`` for a request, which waits at most ``seconds``.
+    def within(self, work: Any, seconds: float | None = None) -> Any:
+        """:meth:`_run` ``work(connection)`` for a request, which waits at most ``seconds``
+        (None: the store's request deadline; a job's store has none and waits).
 
         The driver cannot be interrupted (a stopped server still has its socket
         acknowledged by the kernel, and its statement_timeout never fires), so the call
@@ -245,6 +246,7 @@ class PredictionStore:
         request its deadline, and the worker only a helper thread until the server
         answers. The breaker then answers the next requests at once.
         """
+        seconds = self.deadline_seconds if seconds is None else seconds
         if seconds is None or in_memory(self.url):  # in memory: one database per thread
             return self._run(work)
         self._process()
@@ -274,8 +276,8 @@ class PredictionStore:
         if self._drainer is not None and self._drainer.failing is not None:
             return "degraded"
         try:
-            self._within(lambda conn: conn.execute(sa.text("SELECT 1")),
-                         min(self.deadline_seconds or STATUS_SECONDS, STATUS_SECONDS))
+            self.within(lambda conn: conn.execute(sa.text("SELECT 1")),
+                        min(self.deadline_seconds or STATUS_SECONDS, STATUS_SECONDS))
         except StoreUnavailable:
             return "degraded"
         return "ok"
@@ -378,7 +380,7 @@ class PredictionStore:
         self.flush(FLUSH_TIMEOUT_SECONDS if deadline is None else self.deadline_seconds / 2)
         when = now or datetime.now(timezone.utc)
         args = (prediction_id, item, outcome, by, owner, correction, when)
-        return self._within(lambda conn: _label(conn, *args), _left(deadline))
+        return self.within(lambda conn: _label(conn, *args), _left(deadline))
 
     # ------------------------------------------------------------------ reads
 
@@ -400,8 +402,8 @@ class PredictionStore:
         query = query.order_by(predictions.c.id.desc())
         if last is not None:
             query = query.limit(last)
-        rows = self._within(lambda conn: [dict(r) for r in conn.execute(query).mappings()],
-                            _left(deadline))
+        rows = self.within(lambda conn: [dict(r) for r in conn.execute(query).mappings()],
+                           _left(deadline))
         for row in rows:
             row["features"] = json.loads(row["features"])
         rows.reverse()
