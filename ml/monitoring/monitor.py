@@ -65,11 +65,16 @@ def save_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     return [psi_path, score_path]
 
 
-def add_window_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--database-url`` and ``--model``, shared by ``monitor`` and ``retrain``."""
+def add_database_argument(parser: argparse.ArgumentParser) -> None:
+    """``--database-url``, shared by the commands that read the store (:func:`open_store`)."""
     parser.add_argument("--database-url", default=None,
                         help="SQLAlchemy URL of the prediction store (default: $DATABASE_URL, "
                              "else the SQLite file the API writes)")
+
+
+def add_window_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--database-url`` and ``--model``, shared by ``monitor`` and ``retrain``."""
+    add_database_argument(parser)
     parser.add_argument("--model", type=Path, default=None,
                         help="model artifact or models dir with LATEST (default: $MODEL_DIR)")
 

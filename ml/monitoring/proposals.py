@@ -21,17 +21,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ml.monitoring.schema import proposals
+from ml.monitoring.schema import first_document, newest_of, proposals
 from ml.monitoring.store import PredictionStore
 
 # The longest ``decision`` column value (schema.proposals); the full text is in the JSON.
 DECISION_CHARS = 500
-
-
-def _call(store: PredictionStore, work: Any) -> Any:
-    """Run ``work(connection)`` in a transaction within the store's deadline (none for
-    jobs): the same breaker and helper threads as feedback and monitoring reads."""
-    return store.within(work)
 
 
 def save(store: PredictionStore, proposal: dict[str, Any], now: datetime | None = None) -> int:
@@ -53,16 +47,12 @@ def save(store: PredictionStore, proposal: dict[str, Any], now: datetime | None 
 
     def work(conn: sa.Connection) -> int:
         return int(conn.execute(sa.insert(proposals).values(**row)).inserted_primary_key[0])
-    return _call(store, work)
+    return store.within(work)
 
 
 def newest(store: PredictionStore, model_name: str | None = None) -> dict[str, Any] | None:
     """The most recent proposal (of ``model_name`` when given), or None."""
-    query = sa.select(proposals).order_by(proposals.c.created_at.desc(),
-                                          proposals.c.id.desc()).limit(1)
-    if model_name is not None:
-        query = query.where(proposals.c.model_name == model_name)
-    return _one(store, query)
+    return _one(store, newest_of(proposals, model_name))
 
 
 def by_id(store: PredictionStore, proposal_id: int) -> dict[str, Any] | None:
@@ -70,22 +60,17 @@ def by_id(store: PredictionStore, proposal_id: int) -> dict[str, Any] | None:
     return _one(store, sa.select(proposals).where(proposals.c.id == proposal_id))
 
 
-def _one(store: PredictionStore, query: Any) -> dict[str, Any] | None:
-    """The first row of ``query`` as a dict, its ``proposal`` decoded from JSON."""
-    def work(conn: sa.Connection) -> dict[str, Any] | None:
-        row = conn.execute(query).mappings().first()
-        return None if row is None else dict(row)
-    row = _call(store, work)
-    if row is not None:
-        row["proposal"] = json.loads(row["proposal"])
-    return row
+def _one(store: PredictionStore, query: sa.Select) -> dict[str, Any] | None:
+    """The first row of ``query`` as a dict, its ``proposal`` decoded from JSON; every
+    call runs under the store's deadline when it has one."""
+    return store.within(lambda conn: first_document(conn, query, "proposal"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m ml proposal``."""
-    parser.add_argument("--database-url", default=None,
-                        help="SQLAlchemy URL of the prediction store (default: $DATABASE_URL, "
-                             "else the SQLite file the API writes)")
+    from ml.monitoring.monitor import add_database_argument
+
+    add_database_argument(parser)
     parser.add_argument("--id", type=int, default=None,
                         help="the proposal's id (default: the newest)")
     parser.add_argument("--model-name", default=None,

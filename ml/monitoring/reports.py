@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ml.monitoring.schema import reports
+from ml.monitoring.schema import first_document, newest_of, reports
 from ml.monitoring.store import PredictionStore
 
 
@@ -79,18 +79,10 @@ def newest_report(store: PredictionStore, model_name: str | None = None,
     Raises:
         StoreUnavailable: the database failed or did not answer within ``seconds``.
     """
-    query = sa.select(reports)
-    if model_name is not None:
-        query = query.where(reports.c.model_name == model_name)
-    query = query.order_by(reports.c.created_at.desc(), reports.c.id.desc()).limit(1)
-
-    def work(conn: sa.Connection) -> dict[str, Any] | None:
-        row = conn.execute(query).mappings().first()
-        return None if row is None else dict(row)
-    row = store.within(work, seconds)
+    row = store.within(lambda conn: first_document(conn, newest_of(reports, model_name),
+                                                   "report"), seconds)
     if row is None:
         return None
     for key in ("created_at", "window_from", "window_to"):
         row[key] = _when(row[key])
-    row["report"] = json.loads(row["report"])
     return row

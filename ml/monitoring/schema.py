@@ -118,6 +118,27 @@ def visible_outcome() -> Any:
             & (outcomes.c.owner.is_(None) | (outcomes.c.owner == predictions.c.client)))
 
 
+def newest_of(table: sa.Table, model_name: str | None = None) -> sa.Select:
+    """The query of the newest row of ``reports`` or ``proposals`` (of ``model_name``
+    when given): latest ``created_at``, the higher id on a tie."""
+    query = sa.select(table)
+    if model_name is not None:
+        query = query.where(table.c.model_name == model_name)
+    return query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(1)
+
+
+def first_document(conn: sa.Connection, query: sa.Select, column: str
+                   ) -> dict[str, Any] | None:
+    """The first row of ``query`` as a dict with its JSON ``column`` decoded; None when
+    there is none (the stored reports and proposals)."""
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        return None
+    found = dict(row)
+    found[column] = json.loads(found[column])
+    return found
+
+
 def default_url() -> str:
     """SQLite file in the temporary directory (``/tmp`` is the pod's writable emptyDir)."""
     return "sqlite:///" + os.path.join(tempfile.gettempdir(), "predictions.db")
