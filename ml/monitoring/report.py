@@ -16,7 +16,7 @@ rows with at least :data:`MIN_CLASS_LABELLED` of each class. Why these defaults:
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from ml.monitoring import drift
@@ -98,8 +98,6 @@ def outcomes_of(rows: list[dict[str, Any]], card: dict[str, Any],
 def _iso(value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:  # SQLite returns naive datetimes; they were stored as UTC
-            value = value.replace(tzinfo=timezone.utc)
+    if isinstance(value, datetime):  # aware: the store reads UTC (schema.UtcDateTime)
         return value.isoformat(timespec="seconds")
     return str(value)

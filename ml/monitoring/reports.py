@@ -20,14 +20,10 @@ from ml.monitoring.schema import first_document, newest_of, reports
 from ml.monitoring.store import PredictionStore
 
 
-def _when(value: Any) -> datetime | None:
-    """An aware UTC datetime from a report's ISO text or a database value (SQLite returns
-    naive datetimes; they were stored as UTC)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+def _when(text: str | None) -> datetime | None:
+    """The datetime of a report's ISO text (``window.from``/``to``: aware, from
+    :func:`ml.monitoring.report.build_report`)."""
+    return None if text is None else datetime.fromisoformat(text)
 
 
 def _clean(value: Any) -> Any:
@@ -79,10 +75,5 @@ def newest_report(store: PredictionStore, model_name: str | None = None,
     Raises:
         StoreUnavailable: the database failed or did not answer within ``seconds``.
     """
-    row = store.within(lambda conn: first_document(conn, newest_of(reports, model_name),
-                                                   "report"), seconds)
-    if row is None:
-        return None
-    for key in ("created_at", "window_from", "window_to"):
-        row[key] = _when(row[key])
-    return row
+    return store.within(lambda conn: first_document(conn, newest_of(reports, model_name),
+                                                    "report"), seconds)

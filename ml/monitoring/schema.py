@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import sqlalchemy as sa
@@ -35,6 +35,22 @@ STATEMENT_TIMEOUT_SECONDS = 5
 SQLITE_BUSY_SECONDS = 5
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UtcDateTime(sa.TypeDecorator):
+    """``DateTime(timezone=True)`` read back aware, in UTC, on every backend: SQLite keeps
+    no zone and returns the naive UTC time it was given; PostgreSQL returns it aware."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect
+                             ) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
 metadata = sa.MetaData()
 predictions = sa.Table(
     "predictions", metadata,
@@ -45,7 +61,7 @@ predictions = sa.Table(
     sa.Column("item", sa.Integer, nullable=False, default=0),
     sa.Column("request_id", sa.String(128), nullable=False),
     sa.Column("batch", sa.Boolean, nullable=False, default=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("model_name", sa.String(128), nullable=False),
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("features", sa.Text, nullable=False),
@@ -60,7 +76,7 @@ outcomes = sa.Table(
     sa.Column("prediction_id", sa.String(64), primary_key=True),
     sa.Column("item", sa.Integer, primary_key=True),
     sa.Column("outcome", sa.String(64), nullable=False),
-    sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("labelled_at", UtcDateTime(), nullable=False),
     sa.Column("labelled_by", sa.String(255), nullable=True),
     # The client whose prediction the labeller may label (None: ``feedback:all``). Checked
     # against the prediction's ``client`` when the two are joined, because the outcome
@@ -76,16 +92,16 @@ corrections = sa.Table(
     sa.Column("outcome", sa.String(64), nullable=False),
     sa.Column("corrected_by", sa.String(255), nullable=False),
     sa.Column("reason", sa.String(500), nullable=False),
-    sa.Column("corrected_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("corrected_at", UtcDateTime(), nullable=False),
 )
 reports = sa.Table(
     "monitoring_reports", metadata,
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("model_name", sa.String(128), nullable=False),
     sa.Column("model_version", sa.String(64), nullable=False),
-    sa.Column("window_from", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("window_to", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("window_from", UtcDateTime(), nullable=True),
+    sa.Column("window_to", UtcDateTime(), nullable=True),
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("labelled", sa.Integer, nullable=False),
     sa.Column("report", sa.Text, nullable=False),  # the whole report, JSON
@@ -94,7 +110,7 @@ reports = sa.Table(
 proposals = sa.Table(
     "promotion_proposals", metadata,
     sa.Column("id", _ID, primary_key=True, autoincrement=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("model_name", sa.String(128), nullable=False),
     sa.Column("champion_version", sa.String(64), nullable=False),
     # None when the challenger was not saved (not better, or a report-only run).
