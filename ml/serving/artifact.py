@@ -86,18 +86,24 @@ def library_versions(libraries: tuple[str, ...] = RECORDED_LIBRARIES) -> dict[st
     return versions
 
 
+def latest_version(models: str | Path) -> str | None:
+    """The version ``models/LATEST`` names, unchecked (None without the file)."""
+    pointer = Path(models) / LATEST
+    return pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+
+
 def resolve(path: str | Path) -> Path:
     """The artifact directory for ``path``: itself, or the version its ``LATEST`` names."""
     path = Path(path)
     if (path / CARD_FILE).is_file() or (path / signing.SIGNATURE).is_file():
         return path
-    pointer = path / LATEST
-    if pointer.is_file():
-        version = pointer.read_text(encoding="utf-8").strip()
+    version = latest_version(path)
+    if version is not None:
         if version and "/" not in version and version not in (".", "..") \
                 and (path / version).is_dir():
             return path / version
-        raise ArtifactError(f"{pointer} names {version!r}, which is not an artifact in {path}")
+        raise ArtifactError(f"{path / LATEST} names {version!r}, which is not an artifact "
+                            f"in {path}")
     raise ArtifactError(f"no model artifact at {path}: train one with `python -m ml train`")
 
 

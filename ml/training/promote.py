@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.serving import signing
-from ml.serving.artifact import CARD_FILE, LATEST, parse_card, write_latest
+from ml.serving.artifact import CARD_FILE, latest_version, parse_card, write_latest
 from ml.spec import config
 
 PROPOSAL_FORMAT = 1
@@ -118,12 +118,6 @@ def check_artifact(proposal: dict[str, Any], models: Path, trusted: Any = None) 
     return directory
 
 
-def current(models: Path) -> str | None:
-    """The version ``LATEST`` names in ``models`` (None without one)."""
-    pointer = Path(models) / LATEST
-    return pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
-
-
 def promote(proposal: dict[str, Any], models: Path, check: bool = False,
             trusted: Any = None) -> dict[str, Any]:
     """Verify the challenger and, unless ``check``, point ``LATEST`` at it.
@@ -134,7 +128,7 @@ def promote(proposal: dict[str, Any], models: Path, check: bool = False,
     check_document(proposal)
     directory = check_artifact(proposal, models, trusted)
     champion, version = proposal["champion"]["version"], directory.name
-    latest = current(models)
+    latest = latest_version(models)
     result = {"models": str(models), "champion": champion, "challenger": version}
     if latest == version:
         return result | {"result": "already promoted"}
