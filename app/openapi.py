@@ -336,7 +336,7 @@ def monitoring_schemas(card: dict[str, Any]) -> dict[str, Any]:
                 "minimum": {"type": "object", "description": "The minimum window: rows for "
                             "any figure, labelled rows (and per class) for outcome metrics."},
                 "note": {"type": "string", "description": "Why figures are missing, e.g. "
-                         "\"too few predictions to describe (1 < 100)\"."},
+                         "\"too few predictions to describe (1 < 200)\"."},
                 "drift": {"type": "object", "nullable": True,
                           "description": "`score` and `features` entries: psi, band "
                                          "(stable < 0.10 <= watch <= 0.25 < act), expected "
