@@ -29,6 +29,12 @@ SECRET = 987654321  # a value tests send that must never come back in an error
 CLIENT_HEADERS: dict[str, str] = {}
 
 
+def children(pid: int) -> list[int]:
+    """The process ids ``pid`` forked (from its main thread: gunicorn's workers, a
+    postmaster's backends), from /proc."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def free_port() -> int:
     """A TCP port on the loopback interface that was free a moment ago."""
     with socket.socket() as s:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, Server, call, log_records
+from helpers import ROOT, Server, call, children, log_records
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 # The compiled extensions each forbidden library loads as soon as it is imported.
@@ -57,20 +57,6 @@ def test_a_forbidden_import_breaks_the_contracts(tmp_path):
 
 
 # --------------------------------------------------------------------------- runtime
-
-
-def children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:  # exited meanwhile
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def mapped_objects(pid: int) -> set[str]:

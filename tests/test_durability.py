@@ -8,12 +8,11 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from helpers import Server, call
+from helpers import Server, call, children
 from test_postgres import fresh_database, postgres  # noqa: F401 - the session's server
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
@@ -40,10 +39,6 @@ def stored_ids(url: str) -> set[str]:
             return {r[0] for r in conn.execute(sa.text("SELECT prediction_id FROM predictions"))}
     finally:
         engine.dispose()
-
-
-def workers(master: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
 
 
 def test_feedback_right_after_its_prediction_is_accepted_by_any_worker(gunicorn, example):
@@ -77,7 +72,7 @@ def test_killed_workers_lose_no_answered_prediction(gunicorn, database, example)
         thread.start()
     for _ in range(2):
         time.sleep(1.5)
-        os.kill(workers(gunicorn.process.pid)[0], signal.SIGKILL)
+        os.kill(children(gunicorn.process.pid)[0], signal.SIGKILL)
     time.sleep(1.5)
     stop.set()
     for thread in threads:
@@ -161,7 +156,7 @@ def test_rows_spooled_before_a_restart_are_written_after_it(
         try:
             answered = [call(first.url + "/predict", example)[2]["prediction_id"]
                         for _ in range(20)]
-            for pid in [*workers(first.process.pid), first.process.pid]:
+            for pid in [*children(first.process.pid), first.process.pid]:
                 os.kill(pid, signal.SIGKILL)  # the whole pod dies with the spool on disk
             first.process.wait(10)
         finally:
@@ -181,13 +176,6 @@ def test_rows_spooled_before_a_restart_are_written_after_it(
     assert not set(answered) - stored_ids(url)
 
 
-def postgres_pids(server) -> list[int]:
-    """The postmaster and its children (this test's own server)."""
-    master = int((server.data / "postmaster.pid").read_text().split()[0])
-    return [master, *map(int, Path(f"/proc/{master}/task/{master}/children").read_text()
-                         .split())]
-
-
 def test_a_hung_database_costs_a_request_its_deadline_and_predictions_go_on(
         postgres, trained_model_dir, tmp_path, example):  # noqa: F811
     url = postgres.url()
@@ -197,7 +185,7 @@ def test_a_hung_database_costs_a_request_its_deadline_and_predictions_go_on(
         server.wait_ready()
         pid = call(server.url + "/predict", example)[2]["prediction_id"]
         load = Load(server.url, example)
-        stopped = postgres_pids(postgres)
+        stopped = postgres.pids()
         for process in stopped:
             os.kill(process, signal.SIGSTOP)
         try:

@@ -14,15 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CLIENT_HEADERS, Server, call, request_lines
+from helpers import CLIENT_HEADERS, Server, call, children, request_lines
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::ResourceWarning")]
 
 QUEUED = 32  # four times the threads of 2 workers x 4
-
-
-def workers(master: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
 
 
 def post(port: int, body: bytes) -> http.client.HTTPConnection:
@@ -62,7 +58,7 @@ def server(trained_model_dir, tmp_path):
 def test_connections_queued_at_a_graceful_stop_are_answered_and_stored(server, example):
     # Workers held still: the kernel completes every connection and queues it in the
     # listen backlog, where no worker has taken it yet when the stop begins.
-    held = workers(server.process.pid)
+    held = children(server.process.pid)
     for pid in held:
         os.kill(pid, signal.SIGSTOP)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port
+from helpers import children, free_port
 from ml.monitoring import migrate
 from ml.monitoring.migrate import upgrade
 from ml.monitoring.store import PredictionStore, StoreUnavailable
@@ -57,6 +57,11 @@ class Server:
 
     def stop(self) -> None:
         self.run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children (to stop the server with signals)."""
+        master = int((self.data / "postmaster.pid").read_text().split()[0])
+        return [master, *children(master)]
 
     def url(self, database: str = "credit") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"

@@ -92,11 +92,6 @@ def test_the_gauges_are_cached_for_the_ttl_then_read_again(make_app, tmp_path):
     assert dict(labels)["model"] == "german_credit" and abs(stamp - time.time()) < 60
 
 
-def postgres_pids(server) -> list[int]:
-    master = int((server.data / "postmaster.pid").read_text().split()[0])
-    return [master, *map(int, open(f"/proc/{master}/task/{master}/children").read().split())]
-
-
 @pytest.mark.slow
 def test_a_hung_database_never_slows_metrics_past_a_second(
         request, make_app, tmp_path, postgres):  # noqa: F811
@@ -108,7 +103,7 @@ def test_a_hung_database_never_slows_metrics_past_a_second(
     save_report(job, a_report(psi=0.2))
     job.dispose()
     assert scrape(client, "credit_api_score_psi") == {(): 0.2}
-    stopped = postgres_pids(postgres)
+    stopped = postgres.pids()
     for pid in stopped:
         os.kill(pid, signal.SIGSTOP)
     try:
